@@ -1,0 +1,45 @@
+# immunetwin: two commands on a fresh clone -- `make demo` and `make test` (each installs what it needs).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+SHARED ?= ../shared
+OUT    ?= out
+
+.PHONY: install demo test conformance bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job: the flagship template simulated, written as CSV + a self-contained HTML plot.
+demo: $(STAMP)
+	@mkdir -p $(OUT)
+	$(BIN)/immunetwin templates list
+	$(BIN)/immunetwin simulate viral_immune --days 28 --out $(OUT)/viral_immune.csv --plot $(OUT)/viral_immune.html
+	$(BIN)/immunetwin simulate viral_immune --days 28 --set a_T=0.15 --out $(OUT)/viral_immune_weak_cd8.csv
+	@echo "demo done: open $(OUT)/viral_immune.html (trajectory CSV in $(OUT)/viral_immune.csv)"
+
+## The test suite (fast cases; `slow` ones run with `make conformance`). Under CI=true, ../shared must exist.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+
+## Every SBML Test Suite case of the core ODE subset and the delay-free event cases -> CONFORMANCE.md
+conformance: $(STAMP)
+	$(BIN)/python -m immunetwin.conformance.sbml_suite $(SHARED)/conformance/sbml-test-suite \
+		--subset core,events --jobs 2 --markdown CONFORMANCE.md --machine "$$(uname -m), $$(nproc) cores"
+
+## Cohort throughput beside libroadrunner and scipy -> BENCHMARKS.md
+bench: $(STAMP)
+	$(BIN)/python benchmarks/cohort.py --write BENCHMARKS.md
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

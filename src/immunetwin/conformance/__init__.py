@@ -1,0 +1,1 @@
+"""Conformance runners against community test suites (SBML Test Suite; PEtab benchmarks later)."""

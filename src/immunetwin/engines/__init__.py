@@ -1,0 +1,1 @@
+"""How models run: ODE engine (SBML -> JAX, our Rosenbrock/RK solvers)."""

@@ -1,0 +1,280 @@
+"""The adaptive integration loop for one patient (vmapped for cohorts).
+
+One ``lax.while_loop`` takes adaptive steps of a method from :mod:`immunetwin.engines.solvers` and
+
+* writes outputs by the method's dense output (outputs do not shorten steps);
+* *stops exactly* at every schedule time (bolus doses, input switches): the step is clipped to land
+  there, the discontinuity is applied, and the method restarts from the new state;
+* locates event triggers (false -> true) inside a step by bisection on the dense output, retakes the
+  step to end at the located time, and fires the event cascade there (SBML semantics, no delays);
+* never returns a silent NaN: a failed solve stops with a status code (``STATUS``), and the outputs
+  from the failure on are NaN *and* flagged by that status.
+
+The step-size controller is the standard one (Hairer, Nørsett & Wanner 1993, *Solving ODEs I*,
+section II.4): $h_{new} = h \\min(f_{max}, \\max(f_{min}, 0.9\\,\\mathrm{err}^{-1/q}))$ with the weighted
+RMS norm $\\mathrm{err} = \\lVert e_i / (atol + rtol \\max(|y_i|, |\\hat y_i|)) \\rVert_{RMS}$.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from immunetwin.engines.solvers import ODE, AbstractMethod
+
+__all__ = ["STATUS", "Controls", "solve_one"]
+
+#: Status codes of a solve, shared by every result.
+STATUS = {
+    0: "success",
+    1: "max_steps_reached",
+    2: "step_size_too_small",
+    3: "non_finite_state",
+}
+
+
+@dataclass(frozen=True)
+class Controls:
+    """Tolerances and limits of the adaptive loop.
+
+    Attributes:
+        rtol: relative tolerance.
+        atol: absolute tolerance.
+        max_steps: most steps (accepted + rejected) before giving up with ``max_steps_reached``.
+        event_bisections: bisection steps used to locate an event inside a step.
+    """
+
+    rtol: float = 1e-6
+    atol: float = 1e-9
+    max_steps: int = 100_000
+    event_bisections: int = 40
+
+
+class _Loop(NamedTuple):
+    t: Any
+    y: Any
+    c: Any
+    h: Any
+    k: Any  # next stop index
+    j: Any  # next output index
+    ys: Any  # (T, n) outputs
+    trig: Any  # (E,) trigger values last seen
+    steps: Any
+    status: Any
+    retake: Any  # this step was shortened to end at a located event time
+
+
+def _norm(err: Any, y0: Any, y1: Any, ctl: Controls) -> Any:
+    if err.shape[0] == 0:
+        return jnp.zeros((), err.dtype)
+    scale = ctl.atol + ctl.rtol * jnp.maximum(jnp.abs(y0), jnp.abs(y1))
+    return jnp.sqrt(jnp.mean((err / scale) ** 2))
+
+
+def _initial_step(rhs: Any, t0: Any, y0: Any, c: Any, span: Any, order: int, ctl: Controls) -> Any:
+    """Hairer, Nørsett & Wanner 1993, section II.4, 'starting step size'."""
+    if y0.shape[0] == 0:
+        return span
+    scale = ctl.atol + ctl.rtol * jnp.abs(y0)
+    f0 = rhs(t0, y0, c)
+    d0 = jnp.sqrt(jnp.mean((y0 / scale) ** 2))
+    d1 = jnp.sqrt(jnp.mean((f0 / scale) ** 2))
+    h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
+    h0 = jnp.minimum(h0, span)
+    f1 = rhs(t0 + h0, y0 + h0 * f0, c)
+    d2 = jnp.sqrt(jnp.mean(((f1 - f0) / scale) ** 2)) / h0
+    dm = jnp.maximum(d1, d2)
+    h1 = jnp.where(dm <= 1e-15, jnp.maximum(1e-6, h0 * 1e-3), (0.01 / dm) ** (1.0 / (order + 1)))
+    h = jnp.minimum(100 * h0, h1)
+    return jnp.where(jnp.isfinite(h) & (h > 0), jnp.minimum(h, span), 1e-6)
+
+
+def _cascade(fns: Any, t: Any, y: Any, c: Any, trig: Any, n_events: int) -> tuple[Any, Any]:
+    """Fire every event whose trigger turned true, repeatedly, until none does (bounded)."""
+    if n_events == 0:
+        return y, trig
+
+    def body(_: Any, carry: tuple[Any, Any]) -> tuple[Any, Any]:
+        y, prev = carry
+        now = fns.triggers(t, y, c)
+        fire = (~prev) & now
+        return fns.apply_events(t, y, c, fire), now
+
+    return jax.lax.fori_loop(0, n_events + 1, body, (y, trig))
+
+
+def _locate(
+    fns: Any,
+    method: AbstractMethod,
+    t: Any,
+    y: Any,
+    y1: Any,
+    dense: Any,
+    h: Any,
+    c: Any,
+    trig: Any,
+    ctl: Controls,
+) -> Any:
+    """Smallest theta in (0, 1] at which some trigger is true that was false (bisection)."""
+
+    def crossing(theta: Any) -> Any:
+        yi = method.interpolate(y, y1, dense, theta, h)
+        return jnp.any((~trig) & fns.triggers(t + theta * h, yi, c))
+
+    def body(_: Any, lohi: tuple[Any, Any]) -> tuple[Any, Any]:
+        lo, hi = lohi
+        mid = 0.5 * (lo + hi)
+        hit = crossing(mid)
+        return jnp.where(hit, lo, mid), jnp.where(hit, mid, hi)
+
+    _, hi = jax.lax.fori_loop(0, ctl.event_bisections, body, (jnp.zeros_like(h), jnp.ones_like(h)))
+    return hi
+
+
+def solve_one(
+    fns: Any,
+    method: AbstractMethod,
+    ctl: Controls,
+    y0: Any,
+    c0: Any,
+    trig0: Any,
+    ts: Any,
+    stop_times: Any,
+    stop_dy: Any,
+    stop_mask: Any,
+    stop_c: Any,
+) -> tuple[Any, Any, Any]:
+    """Integrate one patient from ``ts[0]`` to ``ts[-1]``.
+
+    Args:
+        fns: generated model functions (``rhs``, ``triggers``, ``apply_events``).
+        method: the one-step method.
+        ctl: tolerances and limits.
+        y0: stored states at ``ts[0]`` *before* doses and events at that time.
+        c0: constants.
+        trig0: event trigger values before the start (SBML ``initialValue``).
+        ts: output times, increasing, ``ts[0]`` is the start.
+        stop_times: (K,) schedule times in increasing order, padded with +inf.
+        stop_dy: (K, n) amounts added to the states at each stop.
+        stop_mask: (K, nc) which constants switch at each stop; ``stop_c`` (K, nc) their new values.
+
+    Returns:
+        (ys, status, steps): outputs (T, n), status code, number of steps taken.
+    """
+    rhs = fns.rhs
+    ode = ODE(fns.rhs, fns.jac, fns.jac_pattern)
+    n_events = int(trig0.shape[0])
+    n_out = ts.shape[0]
+    t0, t_end = ts[0], ts[-1]
+    dtype = y0.dtype
+
+    def apply_stops(t: Any, y: Any, c: Any, k: Any) -> tuple[Any, Any, Any]:
+        """Apply every schedule entry at time t (several may share it)."""
+
+        def cond(s: tuple[Any, Any, Any]) -> Any:
+            return (s[2] < stop_times.shape[0]) & (
+                stop_times[jnp.minimum(s[2], stop_times.shape[0] - 1)] <= t
+            )
+
+        def body(s: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
+            y, c, k = s
+            return y + stop_dy[k], jnp.where(stop_mask[k], stop_c[k], c), k + 1
+
+        return jax.lax.while_loop(cond, body, (y, c, k))
+
+    def record_exact(t: Any, y: Any, j: Any, ys: Any) -> tuple[Any, Any]:
+        def cond(s: tuple[Any, Any]) -> Any:
+            return (s[0] < n_out) & (ts[jnp.minimum(s[0], n_out - 1)] <= t)
+
+        def body(s: tuple[Any, Any]) -> tuple[Any, Any]:
+            return s[0] + 1, s[1].at[s[0]].set(y)
+
+        return jax.lax.while_loop(cond, body, (j, ys))
+
+    y, c, k = apply_stops(t0, y0, c0, jnp.asarray(0))
+    y, trig = _cascade(fns, t0, y, c, trig0, n_events)
+    ys = jnp.full((n_out, y0.shape[0]), jnp.nan, dtype)
+    j, ys = record_exact(t0, y, jnp.asarray(0), ys)
+    span = jnp.maximum(t_end - t0, 1e-300)
+    h = _initial_step(rhs, t0, y, c, span, method.order, ctl)
+    init = _Loop(t0, y, c, h, k, j, ys, trig, jnp.asarray(0), jnp.asarray(0), jnp.asarray(False))
+
+    def cond(s: _Loop) -> Any:
+        return (s.j < n_out) & (s.status == 0)
+
+    def body(s: _Loop) -> _Loop:
+        n_stops = stop_times.shape[0]
+        next_stop = jnp.where(s.k < n_stops, stop_times[jnp.minimum(s.k, n_stops - 1)], jnp.inf)
+        t_stop = jnp.minimum(next_stop, t_end)
+        remaining = t_stop - s.t
+        clipped = s.h >= remaining * (1.0 - 1e-12)
+        h_try = jnp.where(clipped, remaining, s.h)
+        y1, err, dense = method.step(ode, s.t, s.y, s.c, h_try)
+        en = _norm(err, s.y, y1, ctl)
+        finite = jnp.isfinite(en) & jnp.all(jnp.isfinite(y1))
+        ok = finite & (en <= 1.0)
+        if n_events:
+            trig_end = fns.triggers(s.t + h_try, y1, s.c)
+            crosses = jnp.any((~s.trig) & trig_end)
+            theta = _locate(fns, method, s.t, s.y, y1, dense, h_try, s.c, s.trig, ctl)
+            # after one retake to the located time, the event fires at the end of the retaken step
+            early = ok & crosses & (theta < 1.0 - 1e-9) & ~s.retake
+        else:
+            theta = jnp.ones_like(h_try)
+            early = jnp.zeros((), bool)
+        accept = ok & ~early
+        t1 = jnp.where(clipped, t_stop, s.t + h_try)
+
+        # dense outputs strictly inside (t, t1)
+        def out_cond(o: tuple[Any, Any]) -> Any:
+            return accept & (o[0] < n_out) & (ts[jnp.minimum(o[0], n_out - 1)] < t1)
+
+        def out_body(o: tuple[Any, Any]) -> tuple[Any, Any]:
+            jj, yy = o
+            theta_j = (ts[jj] - s.t) / h_try
+            return jj + 1, yy.at[jj].set(method.interpolate(s.y, y1, dense, theta_j, h_try))
+
+        j, ys = jax.lax.while_loop(out_cond, out_body, (s.j, s.ys))
+
+        # the new point: schedule entries, then events, then exact outputs
+        y_new, c_new, k_new = jax.lax.cond(
+            accept & clipped, lambda: apply_stops(t1, y1, s.c, s.k), lambda: (y1, s.c, s.k)
+        )
+        if n_events:
+            y_new, trig_new = _cascade(fns, t1, y_new, c_new, s.trig, n_events)
+        else:
+            trig_new = s.trig
+        j, ys = jax.lax.cond(accept, lambda: record_exact(t1, y_new, j, ys), lambda: (j, ys))
+
+        # step size for the next try
+        safe_en = jnp.where(finite, en, jnp.inf)
+        fac = jnp.clip(0.9 * safe_en ** (-1.0 / method.order), 0.2, 6.0)
+        fac = jnp.where(ok, fac, jnp.minimum(fac, 0.9))
+        h_next = h_try * fac
+        h_next = jnp.where(accept & clipped, jnp.maximum(h_next, s.h), h_next)
+        h_next = jnp.where(early, jnp.maximum(theta * h_try, 1e-14 * jnp.maximum(1.0, jnp.abs(s.t))), h_next)
+        h_next = jnp.where(finite, h_next, h_try * 0.25)
+
+        tiny = h_next < 1e-14 * jnp.maximum(1.0, jnp.abs(s.t))
+        status = jnp.where(tiny, jnp.where(finite, 2, 3), 0)
+        status = jnp.where(s.steps + 1 >= ctl.max_steps, jnp.maximum(status, 1), status)
+        status = jnp.where((status == 1) & tiny, jnp.where(finite, 2, 3), status)
+        return _Loop(
+            t=jnp.where(accept, t1, s.t),
+            y=jnp.where(accept, y_new, s.y),
+            c=jnp.where(accept, c_new, s.c),
+            h=h_next,
+            k=jnp.where(accept, k_new, s.k),
+            j=j,
+            ys=ys,
+            trig=jnp.where(accept, trig_new, s.trig),
+            steps=s.steps + 1,
+            status=jnp.where(j >= n_out, 0, status),
+            retake=early | (s.retake & ~accept),
+        )
+
+    out = jax.lax.while_loop(cond, body, init)
+    return out.ys, out.status, out.steps

@@ -1,0 +1,440 @@
+"""Simulate a model for one patient or a cohort: the engine's public verbs.
+
+``simulate(model, times, *, parameters, initial, schedule, solver, controls)`` and
+``simulate_cohort(...)`` (the same, vectorised over patients with ``jax.vmap``). Both run in float64
+and return frozen results whose ``status`` says whether each solve succeeded; outputs after a failure
+are NaN *and* flagged by that status, never silently.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from immunetwin.engines.codegen import GeneratedFunctions, generate
+from immunetwin.engines.integrate import STATUS, Controls, solve_one
+from immunetwin.engines.solvers import AbstractMethod, Rodas5P
+from immunetwin.errors import InputError, SolverError, UnknownIdError
+from immunetwin.spec.model import ModelSpec
+from immunetwin.spec.schedule import Schedule
+
+__all__ = ["CohortTrajectory", "Model", "Trajectory", "compile_model", "simulate", "simulate_cohort"]
+
+
+@dataclass(frozen=True, eq=False)
+class Model:
+    """A compiled model: its spec, generated JAX functions and id lookups. Hash = identity.
+
+    Build one with :func:`immunetwin.load_model`.
+    """
+
+    spec: ModelSpec
+    functions: GeneratedFunctions = field(repr=False)
+    sbml: str = field(repr=False, default="")
+    source: str = ""
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """Every quantity id (parameters, compartments, species, reactions, rules)."""
+        return self.spec.ids
+
+    @property
+    def state_ids(self) -> tuple[str, ...]:
+        """Ids of the integrated variables."""
+        return self.spec.state_ids
+
+    @property
+    def parameter_ids(self) -> tuple[str, ...]:
+        """Ids of quantities whose value can be set with ``parameters=`` / ``initial=``."""
+        derived = set(self.spec.derived_ids) - set(self.spec.state_ids)
+        return tuple(q.id for q in self.spec.quantities if q.id not in derived)
+
+    @property
+    def defaults(self) -> dict[str, float]:
+        """Declared values from the model file (NaN where an initial assignment gives the value)."""
+        return dict(self.spec.declared)
+
+    def __repr__(self) -> str:
+        return f"Model({self.spec.id!r}, states={len(self.spec.states)}, events={len(self.spec.events)})"
+
+
+def compile_model(spec: ModelSpec, *, sbml: str = "", source: str = "") -> Model:
+    """Generate the JAX functions of ``spec``."""
+    return Model(spec=spec, functions=generate(spec), sbml=sbml, source=source)
+
+
+# -- results ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """One patient's simulated time course.
+
+    Attributes:
+        times: output times (days), shape (T,).
+        ids: quantity ids, the columns of ``values``.
+        values: model values (concentration for concentration species), shape (T, len(ids)).
+        state_ids: ids of the integrated variables (the default CSV columns).
+        status: ``"success"`` or why the solve stopped.
+        steps: steps taken (accepted and rejected).
+    """
+
+    times: np.ndarray
+    ids: tuple[str, ...]
+    values: np.ndarray
+    state_ids: tuple[str, ...]
+    status: str
+    steps: int
+
+    @property
+    def ok(self) -> bool:
+        """Whether the solve succeeded."""
+        return self.status == "success"
+
+    def __getitem__(self, ident: str) -> np.ndarray:
+        try:
+            return self.values[:, self.ids.index(ident)]
+        except ValueError:
+            raise UnknownIdError("output id", ident, self.ids) from None
+
+    def to_frame(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """A table with a ``time`` column (days) and one column per id (states by default)."""
+        cols = list(self.state_ids if columns is None else columns)
+        data = {"time": self.times} | {c: self[c] for c in cols}
+        return pd.DataFrame(data)
+
+
+@dataclass(frozen=True)
+class CohortTrajectory:
+    """Many patients' time courses: ``values`` has shape (B, T, len(ids)); ``status`` (B,) strings."""
+
+    times: np.ndarray
+    ids: tuple[str, ...]
+    values: np.ndarray
+    state_ids: tuple[str, ...]
+    status: np.ndarray
+    steps: np.ndarray
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Per-patient success mask."""
+        return self.status == "success"
+
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+    def __getitem__(self, ident: str) -> np.ndarray:
+        try:
+            return self.values[:, :, self.ids.index(ident)]
+        except ValueError:
+            raise UnknownIdError("output id", ident, self.ids) from None
+
+    def patient(self, i: int) -> Trajectory:
+        """The trajectory of patient ``i``."""
+        return Trajectory(
+            self.times, self.ids, self.values[i], self.state_ids, str(self.status[i]), int(self.steps[i])
+        )
+
+    def to_frame(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """Long table: ``patient``, ``time``, ``status`` and one column per id (states by default)."""
+        cols = list(self.state_ids if columns is None else columns)
+        b, t = self.values.shape[:2]
+        data = {
+            "patient": np.repeat(np.arange(b), t),
+            "time": np.tile(self.times, b),
+            "status": np.repeat(self.status, t),
+        } | {c: self[c].reshape(-1) for c in cols}
+        return pd.DataFrame(data)
+
+
+# -- input checking -----------------------------------------------------------------------------------
+
+
+def _check_times(times: Any, t0: float) -> np.ndarray:
+    ts = np.asarray(times, dtype=float)
+    if ts.ndim != 1 or ts.size == 0:
+        raise InputError(f"times must be a non-empty 1-D sequence, got shape {ts.shape}")
+    if not np.all(np.isfinite(ts)):
+        raise InputError("times contain NaN or infinite values")
+    if np.any(np.diff(ts) < 0):
+        raise InputError("times must be non-decreasing")
+    if ts[0] < t0:
+        raise InputError(f"first output time {ts[0]} is before the start time t0={t0}")
+    return ts
+
+
+def _overrides(
+    model: Model, values: Mapping[str, Any] | None, what: str, batch: int | None
+) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    derived = set(model.spec.derived_ids) - set(model.state_ids)
+    known = set(model.ids)
+    for key, value in (values or {}).items():
+        if key not in known:
+            raise UnknownIdError(what, key, model.parameter_ids)
+        if key in derived:
+            raise InputError(
+                f"{what} '{key}' is computed by the model (assignment rule or reaction rate)"
+                " and cannot be set"
+            )
+        try:
+            arr = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            raise InputError(f"{what} '{key}' must be a number, got {value!r}") from None
+        if not np.all(np.isfinite(arr)):
+            raise InputError(f"{what} '{key}' is NaN or infinite")
+        if batch is None and arr.ndim != 0:
+            raise InputError(
+                f"{what} '{key}' must be a scalar for one patient; use simulate_cohort for arrays"
+            )
+        if batch is not None and (arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] != batch)):
+            raise InputError(f"{what} '{key}' must be a scalar or have one value per patient ({batch})")
+        out[key] = arr
+    return out
+
+
+def _declared(model: Model, over: dict[str, np.ndarray], batch: int) -> tuple[np.ndarray, np.ndarray]:
+    index = {q: i for i, q in enumerate(model.ids)}
+    base = np.array([v for _, v in model.spec.declared], dtype=float)
+    d = np.tile(base, (batch, 1))
+    m = np.zeros_like(d, dtype=bool)
+    for key, arr in over.items():
+        d[:, index[key]] = arr
+        m[:, index[key]] = True
+    return d, m
+
+
+def _stops(model: Model, schedules: Sequence[Schedule], c_ids: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+    """Schedule -> padded arrays (B, K), (B, K, n), (B, K, nc) x 2."""
+    state_index = {s.id: i for i, s in enumerate(model.spec.states)}
+    c_index = {c: i for i, c in enumerate(c_ids)}
+    known = set(model.ids)
+    n, nc = len(state_index), len(c_ids)
+    per: list[dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]]] = []
+    for sched in schedules:
+        events: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+        def at(t: float, events: dict = events) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            return events.setdefault(t, (np.zeros(n), np.zeros(nc, bool), np.zeros(nc)))
+
+        for dose in sched.doses:
+            if dose.target not in known:
+                raise UnknownIdError("dose target", dose.target, model.state_ids)
+            if dose.target not in state_index:
+                raise InputError(
+                    f"dose target '{dose.target}' is not a state variable of the model "
+                    f"(states: {', '.join(model.state_ids)})"
+                )
+            at(dose.time)[0][state_index[dose.target]] += dose.amount
+        for inp in sched.inputs:
+            if inp.target not in known:
+                raise UnknownIdError("input target", inp.target, c_ids)
+            if inp.target not in c_index:
+                raise InputError(f"input target '{inp.target}' is not a constant parameter of the model")
+            for t, v in zip(inp.times, inp.values, strict=True):
+                entry = at(t)
+                entry[1][c_index[inp.target]] = True
+                entry[2][c_index[inp.target]] = v
+        per.append(events)
+    k = max(1, *(len(e) for e in per)) if per else 1
+    b = len(schedules)
+    times = np.full((b, k), np.inf)
+    dy = np.zeros((b, k, n))
+    mask = np.zeros((b, k, nc), bool)
+    vals = np.zeros((b, k, nc))
+    for i, events in enumerate(per):
+        for j, t in enumerate(sorted(events)):
+            times[i, j] = t
+            dy[i, j], mask[i, j], vals[i, j] = events[t]
+    return times, dy, mask, vals
+
+
+# -- the jitted core -------------------------------------------------------------------------------
+
+
+def _one(
+    fns: GeneratedFunctions,
+    method: AbstractMethod,
+    ctl: Controls,
+    trig0: Any,
+    ts: Any,
+    d: Any,
+    m: Any,
+    st: Any,
+    sdy: Any,
+    smask: Any,
+    sval: Any,
+) -> tuple[Any, Any, Any]:
+    y0, c0 = fns.init(d, m, ts[0])
+    ys, status, steps = solve_one(fns, method, ctl, y0, c0, trig0, ts, st, sdy, smask, sval)
+
+    def c_at(t: Any) -> Any:  # constants at output time t (inputs switched at or before t)
+        def body(k: int, c: Any) -> Any:
+            return jnp.where(smask[k] & (st[k] <= t), sval[k], c)
+
+        return jax.lax.fori_loop(0, st.shape[0], body, c0)
+
+    obs = jax.vmap(lambda t, y: fns.observe(t, y, c_at(t)))(ts, ys)
+    return obs, status, steps
+
+
+@partial(jax.jit, static_argnames=("fns", "method", "ctl"))
+def _solve_batch(
+    fns: GeneratedFunctions,
+    method: AbstractMethod,
+    ctl: Controls,
+    trig0: Any,
+    ts: Any,
+    d: Any,
+    m: Any,
+    st: Any,
+    sdy: Any,
+    smask: Any,
+    sval: Any,
+) -> tuple[Any, Any, Any]:
+    return jax.vmap(partial(_one, fns, method, ctl, trig0, ts))(d, m, st, sdy, smask, sval)
+
+
+def _run(
+    model: Model,
+    ts_full: np.ndarray,
+    d: np.ndarray,
+    m: np.ndarray,
+    stops: tuple[np.ndarray, ...],
+    method: AbstractMethod,
+    ctl: Controls,
+    chunk: int,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    trig0 = np.array([e.initial_value for e in model.spec.events], dtype=bool)
+    b = d.shape[0]
+    chunk = max(1, min(chunk, b))
+    outs, stats, steps = [], [], []
+    with jax.enable_x64(True):
+        for lo in range(0, b, chunk):
+            idx = np.arange(lo, lo + chunk) % b  # pad the last chunk by wrapping (same shapes, one compile)
+            args = [d[idx], m[idx], *(s[idx] for s in stops)]
+            o, s_, n_ = _solve_batch(
+                model.functions,
+                method,
+                ctl,
+                jnp.asarray(trig0),
+                jnp.asarray(ts_full),
+                *map(jnp.asarray, args),
+            )
+            keep = min(chunk, b - lo)
+            outs.append(np.asarray(o)[:keep])
+            stats.append(np.asarray(s_)[:keep])
+            steps.append(np.asarray(n_)[:keep])
+            if progress is not None:
+                progress(lo + keep, b)
+    return np.concatenate(outs), np.concatenate(stats), np.concatenate(steps)
+
+
+def _prepare_times(times: Any, t0: float) -> tuple[np.ndarray, np.ndarray, int]:
+    ts = _check_times(times, t0)
+    if ts[0] > t0:
+        return ts, np.concatenate([[t0], ts]), 1
+    return ts, ts, 0
+
+
+def simulate(
+    model: Model,
+    times: Any,
+    *,
+    parameters: Mapping[str, float] | None = None,
+    initial: Mapping[str, float] | None = None,
+    schedule: Schedule | None = None,
+    solver: AbstractMethod | None = None,
+    controls: Controls = Controls(),
+    t0: float = 0.0,
+    throw: bool = False,
+) -> Trajectory:
+    """Simulate one patient.
+
+    Args:
+        model: a compiled model (:func:`immunetwin.load_model`).
+        times: output times in days, non-decreasing, all ``>= t0``.
+        parameters: values for constant quantities (parameters, compartment sizes), by id.
+        initial: start values of states (species, rate-rule variables), by id; they win over the
+            model's initial assignments.
+        schedule: bolus doses and piecewise-constant inputs, applied exactly.
+        solver: the one-step method; default ``Rodas5P()`` (stiff, L-stable, 5th order), also right
+            for non-stiff models; ``Dopri5()`` for non-stiff models.
+        controls: tolerances and step limits.
+        t0: start time (initial values hold here).
+        throw: raise :class:`SolverError` instead of returning a failed status.
+
+    Returns:
+        The trajectory; check ``.status`` (or pass ``throw=True``).
+    """
+    ts, ts_full, drop = _prepare_times(times, t0)
+    over = _overrides(model, dict(parameters or {}) | dict(initial or {}), "parameter", None)
+    d, m = _declared(model, over, 1)
+    stops = _stops(model, [schedule or Schedule()], model.spec.constants)
+    _check_stop_times(stops[0], t0)
+    obs, status, steps = _run(model, ts_full, d, m, stops, solver or Rodas5P(), controls, 1, None)
+    traj = Trajectory(ts, model.ids, obs[0, drop:], model.state_ids, STATUS[int(status[0])], int(steps[0]))
+    if throw and not traj.ok:
+        raise SolverError(f"simulation of '{model.spec.id}' failed: {traj.status}")
+    return traj
+
+
+def simulate_cohort(
+    model: Model,
+    times: Any,
+    *,
+    parameters: Mapping[str, Any] | None = None,
+    initial: Mapping[str, Any] | None = None,
+    schedule: Schedule | Sequence[Schedule] | None = None,
+    solver: AbstractMethod | None = None,
+    controls: Controls = Controls(),
+    t0: float = 0.0,
+    size: int | None = None,
+    chunk_size: int = 4096,
+    progress: Callable[[int, int], None] | None = None,
+) -> CohortTrajectory:
+    """Simulate many patients at once (vectorised with ``jax.vmap``, in chunks of ``chunk_size``).
+
+    ``parameters`` / ``initial`` map ids to arrays with one value per patient (or scalars, shared).
+    ``schedule`` is one schedule for all or a sequence with one per patient. ``size`` gives the number
+    of patients when no array does. ``progress(done, total)`` is called after each chunk.
+    """
+    values = dict(parameters or {}) | dict(initial or {})
+    sizes = {np.asarray(v).shape[0] for v in values.values() if np.ndim(v) == 1}
+    if isinstance(schedule, Sequence):
+        sizes.add(len(schedule))
+    if size is not None:
+        sizes.add(int(size))
+    if len(sizes) > 1:
+        raise InputError(f"cohort arrays disagree on the number of patients: {sorted(sizes)}")
+    batch = sizes.pop() if sizes else 1
+    if batch < 1:
+        raise InputError("a cohort needs at least one patient")
+    ts, ts_full, drop = _prepare_times(times, t0)
+    over = _overrides(model, values, "parameter", batch)
+    d, m = _declared(model, over, batch)
+    schedules = list(schedule) if isinstance(schedule, Sequence) else [schedule or Schedule()] * batch
+    stops = _stops(model, schedules, model.spec.constants)
+    _check_stop_times(stops[0], t0)
+    obs, status, steps = _run(
+        model, ts_full, d, m, stops, solver or Rodas5P(), controls, chunk_size, progress
+    )
+    names = np.array([STATUS[int(s)] for s in status])
+    return CohortTrajectory(ts, model.ids, obs[:, drop:], model.state_ids, names, steps)
+
+
+def _check_stop_times(times: np.ndarray, t0: float) -> None:
+    finite = times[np.isfinite(times)]
+    if finite.size and finite.min() < t0:
+        raise InputError(f"a dose or input switch at t={finite.min()} is before the start time t0={t0}")
+    if not math.isfinite(t0):
+        raise InputError("t0 must be finite")

@@ -1,0 +1,34 @@
+"""Shared test fixtures: the ../shared folder (conformance suites, patient data).
+
+Users who clone the repo have no ../shared: tests that need it skip with a reason. Under CI=true
+they must run, so a missing ../shared fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """Path of ../shared, or skip (fail under CI=true) when it is missing."""
+    if SHARED.is_dir():
+        return SHARED
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but {SHARED} is missing: the conformance and data tests must run in CI")
+    pytest.skip(f"{SHARED} not present (it ships beside the repo only for the team and CI)")
+
+
+@pytest.fixture(scope="session")
+def sbml_suite(shared_dir: Path) -> Path:
+    """The SBML Test Suite semantic cases."""
+    path = shared_dir / "conformance" / "sbml-test-suite"
+    if not (path / "cases" / "index_semantic_cases.csv").is_file():
+        pytest.fail(f"{path} has no cases/index_semantic_cases.csv")
+    return path
