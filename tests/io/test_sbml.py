@@ -108,3 +108,11 @@ def test_concentration_species_in_a_growing_compartment_keep_their_amount():
     """)
     traj = it.simulate(model, [0.0, 1.0, 3.0])
     np.testing.assert_allclose(traj["S"], [3.0, 1.5, 0.75], rtol=1e-8)
+
+
+def test_an_initial_assignment_to_a_bare_symbol_takes_its_value():
+    # regression: a sympy Symbol is also a Boolean; `X = X0` once became piecewise(1, X0, 0) = 1
+    model = it.load_model("model m\n  X0 = 7\n  X = X0\n  X' = 0\n  Y := X0\nend\n")
+    traj = it.simulate(model, [0.0, 1.0], parameters={"X0": 3.0})
+    assert traj["X"].tolist() == [3.0, 3.0]
+    assert traj["Y"].tolist() == [3.0, 3.0]

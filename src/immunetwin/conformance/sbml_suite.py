@@ -20,7 +20,7 @@ import multiprocessing as mp
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,14 +182,15 @@ def _worker(args: tuple[str, str]) -> CaseResult:
     return run_case(Path(args[0]), args[1])
 
 
-def run_cases(suite: Path, cases: Sequence[str], jobs: int = 1) -> list[CaseResult]:
-    """Run cases, in ``jobs`` processes (each compiles its own models)."""
+def run_cases(suite: Path, cases: Sequence[str], jobs: int = 1) -> Iterator[CaseResult]:
+    """Run cases, in ``jobs`` processes (each compiles its own models), yielding results in order."""
     work = [(str(suite), c) for c in cases]
     if jobs <= 1:
-        return [_worker(w) for w in work]
+        yield from (_worker(w) for w in work)
+        return
     ctx = mp.get_context("spawn")
     with ctx.Pool(jobs, maxtasksperchild=50) as pool:
-        return list(pool.imap(_worker, work, chunksize=4))
+        yield from pool.imap(_worker, work, chunksize=2)
 
 
 def summary_markdown(results_by_subset: dict[str, list[CaseResult]], machine: str, command: str) -> str:

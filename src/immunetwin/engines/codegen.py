@@ -171,10 +171,11 @@ def _jacobian_source(spec: ModelSpec, names: _Names, pre: list[str]) -> list[str
 
     def accumulate(expr: sp.Basic) -> dict[int, sp.Basic]:
         out: dict[int, sp.Basic] = {}
-        for sym in expr.free_symbols:
+        for sym in sorted(expr.free_symbols, key=lambda x: x.name):  # sorted: same source in every process
             if sym.name not in grads:
                 continue
-            partial = sp.diff(expr, sym)
+            # powsimp turns sympy's d(x^h)/dx = h x^h / x (0/0 at x = 0) into h x^(h-1)
+            partial = sp.powsimp(sp.diff(expr, sym))
             if partial == 0:
                 continue
             if partial.has(sp.Derivative, sp.Subs):

@@ -26,9 +26,6 @@ from collections.abc import Iterable
 
 import libsbml
 import sympy as sp
-from sbmlmath import sbml_math_to_sympy
-from sbmlmath.cfunction import CFunction
-from sbmlmath.csymbol import CSymbol
 
 from immunetwin.errors import MalformedModelError, UnsupportedConstructError
 from immunetwin.spec.model import (
@@ -122,6 +119,8 @@ def _element_id(obj: libsbml.SBase) -> str:
 
 def _math(obj: libsbml.SBase) -> sp.Basic:
     """MathML of ``obj`` as sympy, with time/avogadro replaced and delay/rateOf refused."""
+    from sbmlmath import sbml_math_to_sympy  # imported here: sbmlmath builds a pint registry at import (~2 s)
+
     ast = obj.getMath()
     if ast is None:
         raise MalformedModelError(f"element '{_element_id(obj)}' has no math")
@@ -133,6 +132,9 @@ def _math(obj: libsbml.SBase) -> sp.Basic:
 
 
 def _clean_math(expr: sp.Basic, where: str) -> sp.Basic:
+    from sbmlmath.cfunction import CFunction
+    from sbmlmath.csymbol import CSymbol
+
     for fn in expr.atoms(CFunction, sp.Function):
         name = str(getattr(fn, "func", fn)).lower()
         if "delay" in name:
