@@ -11,8 +11,17 @@ from pathlib import Path
 
 import pytest
 
+from immunetwin.runtime import enable_compilation_cache
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Compiled models are kept in .jax_cache (git-ignored), shared by the xdist workers and runs."""
+    where = os.environ.get("IMMUNETWIN_CACHE", str(REPO / ".jax_cache"))
+    if where.lower() != "off":
+        enable_compilation_cache(Path(where))
 
 
 @pytest.fixture(scope="session")

@@ -139,3 +139,9 @@ def test_non_stiff_solver_agrees_with_the_stiff_default(decay):
     a = it.simulate(decay, times, solver=it.Dopri5(), controls=it.Controls(rtol=1e-9, atol=1e-12))
     b = it.simulate(decay, times, controls=it.Controls(rtol=1e-9, atol=1e-12))
     np.testing.assert_allclose(a["X"], b["X"], rtol=1e-7)
+
+
+@pytest.mark.parametrize("kwargs", [{"rtol": 0.0}, {"atol": -1.0}, {"rtol": float("nan")}, {"max_steps": 0}])
+def test_impossible_controls_are_refused(kwargs):
+    with pytest.raises(it.InputError):
+        it.Controls(**kwargs)

@@ -132,7 +132,9 @@ INVALID = [
 
 
 @pytest.mark.parametrize(
-    ("path", "value", "message"), INVALID, ids=[f"{p}={v!r}"[:60] for p, v, _ in INVALID]
+    ("path", "value", "message"),
+    INVALID,
+    ids=[f"{p}={'<deleted>' if v is _DELETE else repr(v)}"[:60] for p, v, _ in INVALID],
 )
 def test_invalid_metadata_names_file_and_key(
     make_template: Callable[..., Path], tiny_metadata: dict, path: str, value: Any, message: str

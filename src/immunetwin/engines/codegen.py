@@ -76,9 +76,14 @@ class _Printer(JaxPrinter):
         return "False"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class GeneratedFunctions:
-    """The compiled-from-source functions and the source they came from (for debugging)."""
+    """The compiled-from-source functions and the source they came from.
+
+    Equality and hash are those of the source text: the same model read twice is the same static
+    argument to ``jax.jit``, so it is traced and compiled once per process (and, with the persistent
+    cache, once per machine).
+    """
 
     init: Callable[..., Any]
     rhs: Callable[..., Any]
@@ -88,6 +93,12 @@ class GeneratedFunctions:
     jac: Callable[..., Any] | None
     jac_pattern: tuple[tuple[int, int], ...] | None
     source: str
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GeneratedFunctions) and other.source == self.source
+
+    def __hash__(self) -> int:
+        return hash(self.source)
 
 
 def _rewrite(expr: sp.Basic) -> sp.Basic:

@@ -17,6 +17,7 @@ RMS norm $\\mathrm{err} = \\lVert e_i / (atol + rtol \\max(|y_i|, |\\hat y_i|)) 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -24,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from immunetwin.engines.solvers import ODE, AbstractMethod
+from immunetwin.errors import InputError
 
 __all__ = ["STATUS", "Controls", "solve_one"]
 
@@ -52,6 +54,14 @@ class Controls:
     max_steps: int = 100_000
     event_bisections: int = 40
 
+    def __post_init__(self) -> None:
+        if not (0.0 < self.rtol < 1.0) or not (self.atol > 0.0) or not math.isfinite(self.atol):
+            raise InputError(
+                f"tolerances must satisfy 0 < rtol < 1 and atol > 0, got rtol={self.rtol}, atol={self.atol}"
+            )
+        if self.max_steps < 1 or self.event_bisections < 1:
+            raise InputError("max_steps and event_bisections must be positive")
+
 
 class _Loop(NamedTuple):
     t: Any
@@ -65,6 +75,12 @@ class _Loop(NamedTuple):
     steps: Any
     status: Any
     retake: Any  # this step was shortened to end at a located event time
+    # the last accepted step, kept for writing the outputs inside it (dense output)
+    t_prev: Any
+    h_prev: Any
+    y_prev: Any
+    y_end: Any  # state at the end of that step, before stops and events there
+    dense: Any
 
 
 def _norm(err: Any, y0: Any, y1: Any, ctl: Controls) -> Any:
@@ -168,50 +184,62 @@ def solve_one(
     ode = ODE(fns.rhs, fns.jac, fns.jac_pattern)
     n_events = int(trig0.shape[0])
     n_out = ts.shape[0]
+    n_stops = stop_times.shape[0]
     t0, t_end = ts[0], ts[-1]
-    dtype = y0.dtype
 
-    def apply_stops(t: Any, y: Any, c: Any, k: Any) -> tuple[Any, Any, Any]:
-        """Apply every schedule entry at time t (several may share it)."""
+    def apply_stop(t: Any, y: Any, c: Any, k: Any, landed: Any) -> tuple[Any, Any, Any]:
+        """Apply the schedule entry at time t, if the step landed on one (entries are one per time)."""
+        kk = jnp.minimum(k, n_stops - 1)
+        hit = landed & (k < n_stops) & (stop_times[kk] <= t)
+        y = jnp.where(hit, y + stop_dy[kk], y)
+        c = jnp.where(hit & stop_mask[kk], stop_c[kk], c)
+        return y, c, k + hit
 
-        def cond(s: tuple[Any, Any, Any]) -> Any:
-            return (s[2] < stop_times.shape[0]) & (
-                stop_times[jnp.minimum(s[2], stop_times.shape[0] - 1)] <= t
-            )
-
-        def body(s: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
-            y, c, k = s
-            return y + stop_dy[k], jnp.where(stop_mask[k], stop_c[k], c), k + 1
-
-        return jax.lax.while_loop(cond, body, (y, c, k))
-
-    def record_exact(t: Any, y: Any, j: Any, ys: Any) -> tuple[Any, Any]:
-        def cond(s: tuple[Any, Any]) -> Any:
-            return (s[0] < n_out) & (ts[jnp.minimum(s[0], n_out - 1)] <= t)
-
-        def body(s: tuple[Any, Any]) -> tuple[Any, Any]:
-            return s[0] + 1, s[1].at[s[0]].set(y)
-
-        return jax.lax.while_loop(cond, body, (j, ys))
-
-    y, c, k = apply_stops(t0, y0, c0, jnp.asarray(0))
+    y, c, k = apply_stop(t0, y0, c0, jnp.asarray(0), jnp.asarray(True))
     y, trig = _cascade(fns, t0, y, c, trig0, n_events)
-    ys = jnp.full((n_out, y0.shape[0]), jnp.nan, dtype)
-    j, ys = record_exact(t0, y, jnp.asarray(0), ys)
     span = jnp.maximum(t_end - t0, 1e-300)
     h = _initial_step(rhs, t0, y, c, span, method.order, ctl)
-    init = _Loop(t0, y, c, h, k, j, ys, trig, jnp.asarray(0), jnp.asarray(0), jnp.asarray(False))
+    dense0 = jnp.zeros(jax.eval_shape(lambda: method.step(ode, t0, y, c, h)[2]).shape, y.dtype)
+    init = _Loop(
+        t0,
+        y,
+        c,
+        h,
+        k,
+        jnp.asarray(0),
+        jnp.full((n_out, y0.shape[0]), jnp.nan, y0.dtype),
+        trig,
+        jnp.asarray(0),
+        jnp.asarray(0),
+        jnp.asarray(False),
+        t0,
+        jnp.ones_like(h),
+        y,
+        y,
+        dense0,
+    )
 
     def cond(s: _Loop) -> Any:
         return (s.j < n_out) & (s.status == 0)
 
     def body(s: _Loop) -> _Loop:
-        n_stops = stop_times.shape[0]
+        # 1. one pending output (t_j <= t): written instead of stepping. Outputs inside the last step
+        #    come from its dense output; an output at t itself is the state after stops and events.
+        jj = jnp.minimum(s.j, n_out - 1)
+        write = ts[jj] <= s.t
+        theta = jnp.clip((ts[jj] - s.t_prev) / s.h_prev, 0.0, 1.0)
+        inside = method.interpolate(s.y_prev, s.y_end, s.dense, theta, s.h_prev)
+        value = jnp.where(ts[jj] < s.t, inside, s.y)
+        ys = s.ys.at[jj].set(jnp.where(write, value, s.ys[jj]))
+        j = s.j + write
+
+        # 2. otherwise, one step attempt towards the next stop (schedule time or the end)
         next_stop = jnp.where(s.k < n_stops, stop_times[jnp.minimum(s.k, n_stops - 1)], jnp.inf)
         t_stop = jnp.minimum(next_stop, t_end)
         remaining = t_stop - s.t
         clipped = s.h >= remaining * (1.0 - 1e-12)
         h_try = jnp.where(clipped, remaining, s.h)
+        h_try = jnp.where(write, jnp.maximum(h_try, 1e-300), h_try)  # a write iteration steps nowhere
         y1, err, dense = method.step(ode, s.t, s.y, s.c, h_try)
         en = _norm(err, s.y, y1, ctl)
         finite = jnp.isfinite(en) & jnp.all(jnp.isfinite(y1))
@@ -219,35 +247,22 @@ def solve_one(
         if n_events:
             trig_end = fns.triggers(s.t + h_try, y1, s.c)
             crosses = jnp.any((~s.trig) & trig_end)
-            theta = _locate(fns, method, s.t, s.y, y1, dense, h_try, s.c, s.trig, ctl)
+            ev_theta = _locate(fns, method, s.t, s.y, y1, dense, h_try, s.c, s.trig, ctl)
             # after one retake to the located time, the event fires at the end of the retaken step
-            early = ok & crosses & (theta < 1.0 - 1e-9) & ~s.retake
+            early = ok & crosses & (ev_theta < 1.0 - 1e-9) & ~s.retake & ~write
         else:
-            theta = jnp.ones_like(h_try)
+            ev_theta = jnp.ones_like(h_try)
             early = jnp.zeros((), bool)
-        accept = ok & ~early
+        stepping = ~write
+        accept = stepping & ok & ~early
         t1 = jnp.where(clipped, t_stop, s.t + h_try)
 
-        # dense outputs strictly inside (t, t1)
-        def out_cond(o: tuple[Any, Any]) -> Any:
-            return accept & (o[0] < n_out) & (ts[jnp.minimum(o[0], n_out - 1)] < t1)
-
-        def out_body(o: tuple[Any, Any]) -> tuple[Any, Any]:
-            jj, yy = o
-            theta_j = (ts[jj] - s.t) / h_try
-            return jj + 1, yy.at[jj].set(method.interpolate(s.y, y1, dense, theta_j, h_try))
-
-        j, ys = jax.lax.while_loop(out_cond, out_body, (s.j, s.ys))
-
-        # the new point: schedule entries, then events, then exact outputs
-        y_new, c_new, k_new = jax.lax.cond(
-            accept & clipped, lambda: apply_stops(t1, y1, s.c, s.k), lambda: (y1, s.c, s.k)
-        )
+        # the new point: schedule entry, then events
+        y_new, c_new, k_new = apply_stop(t1, y1, s.c, s.k, accept & clipped)
         if n_events:
             y_new, trig_new = _cascade(fns, t1, y_new, c_new, s.trig, n_events)
         else:
             trig_new = s.trig
-        j, ys = jax.lax.cond(accept, lambda: record_exact(t1, y_new, j, ys), lambda: (j, ys))
 
         # step size for the next try
         safe_en = jnp.where(finite, en, jnp.inf)
@@ -255,13 +270,16 @@ def solve_one(
         fac = jnp.where(ok, fac, jnp.minimum(fac, 0.9))
         h_next = h_try * fac
         h_next = jnp.where(accept & clipped, jnp.maximum(h_next, s.h), h_next)
-        h_next = jnp.where(early, jnp.maximum(theta * h_try, 1e-14 * jnp.maximum(1.0, jnp.abs(s.t))), h_next)
+        h_next = jnp.where(
+            early, jnp.maximum(ev_theta * h_try, 1e-14 * jnp.maximum(1.0, jnp.abs(s.t))), h_next
+        )
         h_next = jnp.where(finite, h_next, h_try * 0.25)
+        h_next = jnp.where(stepping, h_next, s.h)
 
-        tiny = h_next < 1e-14 * jnp.maximum(1.0, jnp.abs(s.t))
+        tiny = stepping & (h_next < 1e-14 * jnp.maximum(1.0, jnp.abs(s.t)))
         status = jnp.where(tiny, jnp.where(finite, 2, 3), 0)
-        status = jnp.where(s.steps + 1 >= ctl.max_steps, jnp.maximum(status, 1), status)
-        status = jnp.where((status == 1) & tiny, jnp.where(finite, 2, 3), status)
+        steps = s.steps + stepping
+        status = jnp.where((status == 0) & (steps >= ctl.max_steps), 1, status)
         return _Loop(
             t=jnp.where(accept, t1, s.t),
             y=jnp.where(accept, y_new, s.y),
@@ -271,9 +289,14 @@ def solve_one(
             j=j,
             ys=ys,
             trig=jnp.where(accept, trig_new, s.trig),
-            steps=s.steps + 1,
+            steps=steps,
             status=jnp.where(j >= n_out, 0, status),
-            retake=early | (s.retake & ~accept),
+            retake=jnp.where(stepping, early | (s.retake & ~accept), s.retake),
+            t_prev=jnp.where(accept, s.t, s.t_prev),
+            h_prev=jnp.where(accept, t1 - s.t, s.h_prev),
+            y_prev=jnp.where(accept, s.y, s.y_prev),
+            y_end=jnp.where(accept, y1, s.y_end),
+            dense=jnp.where(accept, dense, s.dense),
         )
 
     out = jax.lax.while_loop(cond, body, init)

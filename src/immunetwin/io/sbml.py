@@ -40,6 +40,9 @@ from immunetwin.spec.model import (
 
 __all__ = ["spec_from_sbml"]
 
+#: Packages that only draw the model: they change nothing in its maths, so they are ignored.
+_GRAPHICAL = frozenset({"layout", "render"})
+
 #: Avogadro's constant as the SBML L3 specification fixes it (L3V2 section 3.4.6).
 AVOGADRO = 6.02214179e23
 
@@ -85,7 +88,11 @@ def _refuse_unsupported(doc: libsbml.SBMLDocument, model: libsbml.Model) -> None
     for i in range(doc.getNumPlugins()):
         plugin = doc.getPlugin(i)
         prefix = plugin.getPrefix() if plugin is not None else ""
-        if prefix and doc.isPackageEnabled(plugin.getPackageName()):
+        if (
+            prefix
+            and doc.isPackageEnabled(plugin.getPackageName())
+            and plugin.getPackageName() not in _GRAPHICAL
+        ):
             raise UnsupportedConstructError(
                 f"SBML package '{plugin.getPackageName()}'", model.getId() or "<model>"
             )
@@ -104,8 +111,12 @@ def _refuse_unsupported(doc: libsbml.SBMLDocument, model: libsbml.Model) -> None
             raise UnsupportedConstructError("event delay", eid)
         if e.isSetPriority():
             raise UnsupportedConstructError("event priority", eid)
-        if not e.isSetTrigger() or not e.getTrigger().isSetMath():
-            raise MalformedModelError(f"event '{eid}' has no trigger")
+        trig = e.getTrigger()
+        persistent = trig is None or not trig.isSetPersistent() or trig.getPersistent()
+        if not persistent and model.getNumEvents() > 1:
+            # simultaneous events run one after another and may cancel a non-persistent one; the
+            # engine fires simultaneous events together (SBML Test Suite 00953)
+            raise UnsupportedConstructError("non-persistent event among several events", eid)
 
 
 def _element_id(obj: libsbml.SBase) -> str:
@@ -125,9 +136,12 @@ def _math(obj: libsbml.SBase) -> sp.Basic:
     if ast is None:
         raise MalformedModelError(f"element '{_element_id(obj)}' has no math")
     try:
-        expr = sbml_math_to_sympy(ast)
-    except Exception as exc:  # sbmlmath raises plain exceptions on odd MathML
-        raise MalformedModelError(f"element '{_element_id(obj)}': cannot read math: {exc}") from exc
+        # evaluate=True: sbmlmath's unevaluated mode mis-reads numbers in boolean contexts
+        # (e.g. `0 || (1 - 1)` became true) and cannot read a piecewise inside a condition
+        expr = sbml_math_to_sympy(ast, evaluate=True)
+    except Exception as exc:  # sbmlmath raises plain exceptions on MathML it cannot read
+        detail = " ".join(str(exc).split())[:120]
+        raise UnsupportedConstructError("MathML not readable by sbmlmath", _element_id(obj), detail) from exc
     return _clean_math(expr, _element_id(obj))
 
 
@@ -259,6 +273,8 @@ class _Builder:
         for i in range(self.m.getNumRules()):
             rule = self.m.getRule(i)
             var = rule.getVariable()
+            if not rule.isSetMath():  # L3V2: a rule without maths has no effect
+                continue
             self._require_known(var, "rule variable")
             expr = self._numeric(_math(rule))
             if rule.isAssignment():
@@ -267,6 +283,8 @@ class _Builder:
                 self.rate_rules[var] = expr
         for ia in self.m.getListOfInitialAssignments():
             var = ia.getSymbol()
+            if not ia.isSetMath():  # L3V2: an initial assignment without maths has no effect
+                continue
             self._require_known(var, "initial assignment symbol")
             self.initial_assignments[var] = self._numeric(_math(ia))
 
@@ -290,14 +308,19 @@ class _Builder:
     def _event_targets(self) -> set[str]:
         targets = set()
         for e in self.m.getListOfEvents():
+            if e.getTrigger() is None or not e.getTrigger().isSetMath():
+                continue
             for ea in e.getListOfEventAssignments():
                 var = ea.getVariable()
                 self._require_known(var, f"event '{e.getId()}' assignment target")
-                targets.add(var)
+                if ea.isSetMath():
+                    targets.add(var)
         return targets
 
     # -- reactions and states ---------------------------------------------------------------------
     def _stoichiometry(self, ref: libsbml.SpeciesReference) -> sp.Expr:
+        if ref.isSetStoichiometryMath() and ref.getStoichiometryMath().isSetMath():  # SBML Level 2
+            return self._numeric(_math(ref.getStoichiometryMath()))
         if ref.getId():
             return sp.Symbol(ref.getId())
         if ref.isSetStoichiometry():
@@ -340,7 +363,7 @@ class _Builder:
                     )
                 continue
             if qid in self.rate_rules:
-                states.append(StateSpec(qid, sp.Symbol(qid), self.rate_rules[qid]))
+                states.append(self._rate_rule_state(qid, event_targets))
                 continue
             if info.kind == "species":
                 s = species[qid]
@@ -359,6 +382,25 @@ class _Builder:
                     raise MalformedModelError(f"{self.source}: event assigns constant '{qid}'")
                 states.append(StateSpec(qid, sp.Symbol(qid), sp.Integer(0)))
         return states
+
+    def _rate_rule_state(self, qid: str, event_targets: set[str]) -> StateSpec:
+        """A rate rule defines d(value)/dt. For a concentration species in a compartment that changes
+        size, the amount is stored (so an event resizing the compartment keeps it) with
+        d(amount)/dt = V d[S]/dt + [S] dV/dt (L3V2 section 4.11.2; SBML Test Suite 01505)."""
+        info = self.info[qid]
+        rate = self.rate_rules[qid]
+        comp = info.compartment
+        if info.kind != "species" or info.only_substance_units or comp is None:
+            return StateSpec(qid, sp.Symbol(qid), rate)
+        if self._constant_compartment(comp, event_targets):
+            return StateSpec(qid, sp.Symbol(qid), rate)
+        if comp in self.assignment_rules:
+            raise UnsupportedConstructError(
+                "rate rule on a concentration species in a compartment with an assignment rule", qid
+            )
+        d_volume = self.rate_rules.get(comp, sp.Integer(0))
+        amount_rate = sp.Symbol(comp) * rate + sp.Symbol(qid) * d_volume
+        return StateSpec(qid, amount_symbol(qid), amount_rate, stored_as_amount=True)
 
     def _constant_compartment(self, cid: str, event_targets: set[str]) -> bool:
         return (
@@ -423,6 +465,8 @@ class _Builder:
         for i, e in enumerate(self.m.getListOfEvents()):
             eid = e.getId() or f"event{i + 1}"
             trig = e.getTrigger()
+            if trig is None or not trig.isSetMath():  # L3V2: an event without trigger maths never fires
+                continue
             cond = _math(trig)
             if isinstance(cond, sp.Expr):  # a number used as a condition: true when non-zero
                 cond = sp.Ne(cond, 0)
