@@ -11,7 +11,7 @@ OUT    ?= out
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
+	$(BIN)/python -m pip install --progress-bar off -e ".[test,bench]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -132,6 +132,25 @@ def test_bad_model_files_give_one_error_line(monkeypatch, capsys, tmp_path, cont
     assert "Traceback" not in err
 
 
+ALGEBRAIC_SBML = """<?xml version="1.0" encoding="UTF-8"?>
+<sbml xmlns="http://www.sbml.org/sbml/level3/version2/core" level="3" version="2">
+  <model id="m">
+    <listOfParameters><parameter id="k" value="1" constant="false"/></listOfParameters>
+    <listOfRules><algebraicRule metaid="alg1"><math xmlns="http://www.w3.org/1998/Math/MathML">
+      <apply><minus/><ci>k</ci><cn>1</cn></apply></math></algebraicRule></listOfRules>
+  </model>
+</sbml>"""
+
+
+def test_unsupported_construct_is_one_error_line(monkeypatch, capsys, tmp_path):
+    path = tmp_path / "algebraic.xml"
+    path.write_text(ALGEBRAIC_SBML)
+    code, _, err = run(monkeypatch, capsys, "simulate", str(path))
+    assert code == 2
+    assert "unsupported SBML construct 'algebraic rule' in element 'alg1'" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_missing_model_file(monkeypatch, capsys, tmp_path):
     code, _, err = run(monkeypatch, capsys, "simulate", str(tmp_path / "nothing.xml"))
     assert code == 2
