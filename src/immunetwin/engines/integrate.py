@@ -2,7 +2,9 @@
 
 One ``lax.while_loop`` takes adaptive steps of a method from :mod:`immunetwin.engines.solvers` and
 
-* writes outputs by the method's dense output (outputs do not shorten steps);
+* writes outputs by the method's dense output (outputs do not shorten steps), one output per loop
+  iteration from the stored last step: under ``vmap`` a nested loop or ``lax.cond`` over the output
+  buffer becomes a select over the whole (T, n) buffer at every iteration, which dominated the cost;
 * *stops exactly* at every schedule time (bolus doses, input switches): the step is clipped to land
   there, the discontinuity is applied, and the method restarts from the new state;
 * locates event triggers (false -> true) inside a step by bisection on the dense output, retakes the
