@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from immunetwin.engines.cache import compiled_solver
 from immunetwin.engines.codegen import GeneratedFunctions, generate
 from immunetwin.engines.integrate import STATUS, Controls, solve_one
 from immunetwin.engines.solvers import AbstractMethod, Rodas5P
@@ -322,14 +323,8 @@ def _run(
         for lo in range(0, b, chunk):
             idx = np.arange(lo, lo + chunk) % b  # pad the last chunk by wrapping (same shapes, one compile)
             args = [d[idx], m[idx], *(s[idx] for s in stops)]
-            o, s_, n_ = _solve_batch(
-                model.functions,
-                method,
-                ctl,
-                jnp.asarray(trig0),
-                jnp.asarray(ts_full),
-                *map(jnp.asarray, args),
-            )
+            arrays = (jnp.asarray(trig0), jnp.asarray(ts_full), *map(jnp.asarray, args))
+            o, s_, n_ = compiled_solver(model.functions, method, ctl, arrays)(*arrays)
             keep = min(chunk, b - lo)
             outs.append(np.asarray(o)[:keep])
             stats.append(np.asarray(s_)[:keep])

@@ -137,6 +137,7 @@ class ExplicitTableau:
 class AbstractMethod:
     """A one-step method: ``step(ode, t, y, c, h) -> (y1, err, dense)`` and ``interpolate``."""
 
+    name: str
     order: int
     stiff: bool
 
@@ -168,6 +169,7 @@ def _rosenbrock_arrays(tab: RosenbrockTableau) -> tuple[np.ndarray, ...]:
 
 @dataclass(frozen=True)
 class _Rosenbrock(AbstractMethod):
+    name: str = "rosenbrock"
     tableau: RosenbrockTableau = field(repr=False, default=None)  # type: ignore[assignment]
     order: int = 5
     stiff: bool = True
@@ -350,16 +352,17 @@ _RODAS5 = RosenbrockTableau(
 
 def Rodas5P() -> AbstractMethod:
     """Rodas5P (Steinebach 2023): the default stiff method."""
-    return _Rosenbrock(tableau=_RODAS5P)
+    return _Rosenbrock(name="Rodas5P", tableau=_RODAS5P)
 
 
 def Rodas5() -> AbstractMethod:
     """Rodas5 (Di Marzo 1993; Hairer & Wanner 1996)."""
-    return _Rosenbrock(tableau=_RODAS5)
+    return _Rosenbrock(name="Rodas5", tableau=_RODAS5)
 
 
 @dataclass(frozen=True)
 class _Explicit(AbstractMethod):
+    name: str = "explicit"
     tableau: ExplicitTableau = field(repr=False, default=None)  # type: ignore[assignment]
     order: int = 5
     stiff: bool = False
@@ -411,4 +414,4 @@ _DOPRI5 = ExplicitTableau(
 
 def Dopri5() -> AbstractMethod:
     """Dormand-Prince 5(4) (Dormand & Prince 1980): the non-stiff method."""
-    return _Explicit(tableau=_DOPRI5)
+    return _Explicit(name="Dopri5", tableau=_DOPRI5)
