@@ -3,22 +3,26 @@
 Sources:
     Andraud M, Lejeune O, Musoro JZ, Ogunjimi B, Beutels P, Hens N. Living on three time scales: the
     dynamics of plasma cell and antibody populations illustrated for hepatitis A virus. PLoS Comput Biol
-    2012;8(3):e1002418. doi:10.1371/journal.pcbi.1002418 -- abstract: antibody kinetics need three life
-    spans, "antibodies (around one month), short-lived plasma cells (several months) and long-lived
-    plasma cells (decades)". (The article's table estimates were not available when this was written;
-    the tolerances below are those words, see the template README.)
+    2012;8(3):e1002418. doi:10.1371/journal.pcbi.1002418 -- only the abstract is available to this
+    template (antibodies "around one month", short-lived plasma cells "several months", long-lived
+    plasma cells "decades"); the article's table estimates could not be retrieved, so the decay rates are
+    placeholders chosen from those words and no test here checks them against Andraud (that would only
+    check the inputs; see the template README).
     HAVRIX US Prescribing Information, Section 14.3 -- adults after one 1440 EL.U. dose: GMT of
     seroconverters 264-339 mIU/mL at day 15 and 335-637 mIU/mL at month 1; after a booster at month 6:
     GMT 3,318-5,925 mIU/mL one month later.
     Follow-up study "Inactivated hepatitis A vaccine-induced antibodies: follow-up and estimates of
-    long-term persistence" (abstract; 0-6 month schedule): annual decline > 65% shortly after the last
-    dose, 10-15% thereafter; GMT 522 mIU/mL 5.5 years after the last dose.
+    long-term persistence" (abstract; 120 adults at months 0-6, 194 at months 0-12): annual decline > 65%
+    shortly after the last dose, 10-15% thereafter; GMT 522 mIU/mL (0-6) and 749 mIU/mL (0-12) 5.5 years
+    after the last dose.
     Landry P et al. Vaccine 2000;19:399-402 -- a booster given 24-66 months after priming raises GMTs
     as much as one given at 6-12 months.
 
-The day-15, month-1, month-7 and 5.5-year values are calibration targets of the template (README), so
-their tests guard the calibration; the time-scale, booster-ratio, first-year-decline and late-booster
-tests are not fitted. Every number asserted is computed by the immunetwin engine.
+The day-15, month-1, month-7 and 5.5-year (0-6) values are calibration targets of the template (README),
+so their tests guard the calibration. Not fitted: the booster ratio, the waning pattern of the 0-6 group, the
+whole 0-12 group of the follow-up study (its waning is reproduced; its 5.5-year GMT of 749 mIU/mL is not, and
+that test is a strict expected failure that records the gap), and the late booster. Every number
+asserted is computed by the immunetwin engine.
 """
 
 from __future__ import annotations
@@ -31,27 +35,19 @@ from immunetwin.templates import load_template
 
 YEAR = 365.0
 BOOST = 180.0  # HAVRIX adult schedule: booster 6 months after the primary dose
+BOOST_12 = 365.0  # the follow-up study's second group: booster 12 months after the primary dose
 
 #: HAVRIX label 14.3 ranges (mIU/mL) over the clinical studies.
 DAY15_GMT, MONTH1_GMT, POST_BOOST_GMT = (264.0, 339.0), (335.0, 637.0), (3318.0, 5925.0)
-#: Follow-up study: GMT 5.5 years after the last dose (0-6 schedule), mIU/mL.
-GMT_5_5_YEARS = 522.0
-#: Andraud 2012 time scales, as ranges: "around one month" (days), "several months" (months),
-#: "decades" (years).
-ANTIBODY_LIFESPAN_DAYS = (20.0, 45.0)
-SHORT_LIVED_LIFESPAN_MONTHS = (2.0, 12.0)
-LONG_LIVED_LIFESPAN_YEARS = (10.0, 100.0)
+#: Follow-up study: GMT 5.5 years after the last dose, mIU/mL (0-6 and 0-12 schedules).
+GMT_5_5_YEARS, GMT_5_5_YEARS_0_12 = 522.0, 749.0
+#: Follow-up study: fall in the first year after the last dose (more than), mean annual decline afterwards.
+FIRST_YEAR_FALL, LATER_ANNUAL_DECLINE = 0.65, (0.10, 0.15)
 
 
 def value_at(traj, times: np.ndarray, t: float, sid: str = "Ab") -> float:
     """Value of ``sid`` at output time ``t`` (``t`` must be one of ``times``)."""
     return float(np.asarray(traj[sid])[np.flatnonzero(np.isclose(times, t))[0]])
-
-
-def log_slope(t: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Least-squares fit ``ln y = c - k t``; returns ``(k, c)``."""
-    k, c = np.polyfit(t, np.log(y), 1)
-    return -float(k), float(c)
 
 
 @pytest.fixture(scope="module")
@@ -87,38 +83,6 @@ def test_no_dose_no_antibody(tpl):
         assert np.all(np.asarray(traj[sid]) == 0.0), sid
 
 
-def test_three_time_scales_from_the_decay(course):
-    """Peeling the simulated post-booster decay recovers Andraud 2012's three time scales.
-
-    Method of residuals on ln Ab(tau), tau = days after the last dose: the slope over years 10-30 gives
-    the long-lived plasma cells; after subtracting that exponential, the slope over days 120-400 gives
-    the short-lived plasma cells; after subtracting both, the remaining (negative) term over days 20-80,
-    when the antigen is long cleared, decays with the antibodies' own rate. Ranges: the abstract's words
-    (one month -> 20-45 days, several months -> 2-12 months, decades -> 10-100 years).
-    """
-    times, traj = course
-    after = times >= BOOST
-    tau, ab = times[after] - BOOST, np.asarray(traj["Ab"])[after]
-
-    late = (tau >= 10 * YEAR) & (tau <= 30 * YEAR)
-    k_l, c_l = log_slope(tau[late], ab[late])
-    rest = ab - np.exp(c_l - k_l * tau)
-    middle = (tau >= 120.0) & (tau <= 400.0)
-    k_s, c_s = log_slope(tau[middle], rest[middle])
-    rest = rest - np.exp(c_s - k_s * tau)
-    early = (tau >= 20.0) & (tau <= 80.0)
-    assert np.all(rest[early] < 0)  # the antibody term rises into the plasma-cell curves from below
-    k_a, _ = log_slope(tau[early], -rest[early])
-
-    lo, hi = LONG_LIVED_LIFESPAN_YEARS
-    assert lo <= 1.0 / k_l / YEAR <= hi
-    lo, hi = SHORT_LIVED_LIFESPAN_MONTHS
-    assert lo <= 1.0 / k_s / (YEAR / 12) <= hi
-    lo, hi = ANTIBODY_LIFESPAN_DAYS
-    assert lo <= 1.0 / k_a <= hi
-    assert 1.0 / k_a < 1.0 / k_s < 1.0 / k_l  # three separated scales, in Andraud's order
-
-
 def test_prime_and_booster_titres_match_the_label(course):
     """Titres at day 15, month 1 and one month after the month-6 booster lie in the HAVRIX label ranges.
 
@@ -143,8 +107,18 @@ def test_booster_exceeds_first_response_by_the_published_factor(course):
     assert ab[times >= BOOST].max() / ab[times < BOOST].max() >= low
 
 
+def waning_after(traj, times: np.ndarray, last: float) -> tuple[float, float, float]:
+    """Waning after the last dose at ``last``, measured as the follow-up study reports it.
+
+    Returns the fall from one month after the last dose to one year after it, the geometric-mean annual
+    decline from 1 to 5.5 years after it, and the titre 5.5 years after it (mIU/mL).
+    """
+    post, a1, a55 = (value_at(traj, times, last + t) for t in (30.0, YEAR, 5.5 * YEAR))
+    return 1.0 - a1 / post, 1.0 - (a55 / a1) ** (1.0 / 4.5), a55
+
+
 def test_waning_after_the_last_dose(course):
-    """Follow-up study: > 65% fall in the first year after the last dose; 10-15%/year on average afterwards.
+    """Follow-up study, 0-6 group: > 65% fall in the first year after the last dose; 10-15%/year afterwards.
 
     Times count from the last dose (day 180), as in the abstract. First year: from the post-booster titre
     (month 7) to one year after the last dose. Afterwards: geometric-mean annual decline from 1 to 5.5
@@ -152,11 +126,55 @@ def test_waning_after_the_last_dose(course):
     within 10%, the rounding of the calibration.
     """
     times, traj = course
-    post_boost = value_at(traj, times, BOOST + 30.0)
-    a1, a55 = (value_at(traj, times, BOOST + y * YEAR) for y in (1.0, 5.5))
-    assert 1.0 - a1 / post_boost > 0.65
-    assert 0.10 <= 1.0 - (a55 / a1) ** (1.0 / 4.5) <= 0.15
+    fall, annual, a55 = waning_after(traj, times, BOOST)
+    assert fall > FIRST_YEAR_FALL
+    assert LATER_ANNUAL_DECLINE[0] <= annual <= LATER_ANNUAL_DECLINE[1]
     assert a55 == pytest.approx(GMT_5_5_YEARS, rel=0.10)
+
+
+@pytest.fixture(scope="module")
+def course_0_12(tpl):
+    """The follow-up study's 0-12 group: prime at day 0, booster at day 365, sampled as it reports."""
+    times = np.array([0.0, BOOST_12 + 30.0, BOOST_12 + YEAR, BOOST_12 + 5.5 * YEAR])
+    traj = simulate(tpl.model, times, schedule=tpl.intervention("prime_boost", boost=BOOST_12))
+    assert traj.status == "success"
+    return times, traj
+
+
+def test_waning_after_a_booster_at_month_12(course_0_12):
+    """Follow-up study, 0-12 group (never used in the calibration): the published waning pattern.
+
+    The abstract's > 65% first-year fall and 10-15%/year afterwards, measured as for the 0-6 group. The
+    template gives 79% and 11.1%/year. Honest caveat: in this model the decay after the last dose hardly
+    depends on the dose interval, so this mostly re-tests the decay rates on a second schedule. It fails
+    when ``mu_S`` or ``f_L`` is halved or doubled, or ``mu_A`` or ``mu_L`` halved (not when ``mu_L`` is
+    doubled: 14.2%/year).
+    """
+    times, traj = course_0_12
+    fall, annual, _ = waning_after(traj, times, BOOST_12)
+    assert fall > FIRST_YEAR_FALL
+    assert LATER_ANNUAL_DECLINE[0] <= annual <= LATER_ANNUAL_DECLINE[1]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="not reproduced: the template gives 511 mIU/mL for the 0-12 group at 5.5 years (published 749) "
+    "and no gain from the longer interval (see README, 'Not reproduced')",
+)
+def test_gmt_5_5_years_after_a_booster_at_month_12(course, course_0_12):
+    """Follow-up study, 0-12 group: GMT 749 mIU/mL 5.5 years after the last dose, above the 0-6 group's 522.
+
+    A published number that the calibration never saw. Tolerance: 10%, as for the 0-6 group's 5.5-year
+    GMT (the abstract gives no confidence interval), and the published ordering 0-12 > 0-6. The template
+    fails both (511 mIU/mL; ratio 0.98 against 749/522 = 1.43): this strict expected failure records the
+    gap and turns into a failure when a recalibration (e.g. with Andraud 2012's estimates) closes it, so
+    that the marker is then removed.
+    """
+    _, _, a55_0_12 = waning_after(course_0_12[1], course_0_12[0], BOOST_12)
+    _, _, a55_0_6 = waning_after(course[1], course[0], BOOST)
+    assert a55_0_12 > a55_0_6
+    assert a55_0_12 == pytest.approx(GMT_5_5_YEARS_0_12, rel=0.10)
 
 
 def test_late_booster_is_as_good_as_an_early_one(tpl):
