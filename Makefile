@@ -28,10 +28,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
-## Every SBML Test Suite case of the core ODE subset and the delay-free event cases -> CONFORMANCE.md
+## Every SBML Test Suite case (core ODE subset, delay-free events) and every PEtab benchmark problem -> CONFORMANCE.md; then the slow tests
 conformance: $(STAMP)
 	$(BIN)/python -m immunetwin.conformance.sbml_suite $(SHARED)/conformance/sbml-test-suite \
 		--subset core,events --jobs 2 --markdown CONFORMANCE.md --machine "$$(uname -m), $$(nproc) cores"
+	$(BIN)/python -m immunetwin.conformance.petab_suite $(SHARED)/conformance/petab-benchmark \
+		--jobs 1 --timeout 900 --markdown CONFORMANCE.md --machine "$$(uname -m), $$(nproc) cores"
+	$(BIN)/python -m pytest -q -n 2 -m slow
 
 ## Cohort throughput beside libroadrunner and scipy -> BENCHMARKS.md
 bench: $(STAMP)

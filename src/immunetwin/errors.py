@@ -8,6 +8,7 @@ ImmunetwinError                 every error this package raises on purpose
 │   └── UnknownIdError          a parameter / state / target id that the model does not define
 ├── InputError                  a value given by the caller is impossible (NaN, negative time, bad shape)
 ├── TemplateError               a template folder or its metadata is missing or invalid
+├── ProblemError                a calibration problem (PEtab files, patient data) is invalid: names file, row, column
 └── SolverError                 a solve failed and the caller asked for `throw=True`
 ```
 
@@ -21,6 +22,7 @@ __all__ = [
     "InputError",
     "MalformedModelError",
     "ModelError",
+    "ProblemError",
     "SolverError",
     "TemplateError",
     "UnknownIdError",
@@ -77,6 +79,23 @@ class InputError(ImmunetwinError, ValueError):
 
 class TemplateError(ImmunetwinError):
     """A template is missing, or its metadata is invalid."""
+
+
+class ProblemError(ImmunetwinError, ValueError):
+    """A calibration problem is invalid; the message names the file, row and column where it can.
+
+    Attributes:
+        where: ``"file"``, ``"file, row 12"`` or ``"file, row 12, column 'time'"``.
+    """
+
+    def __init__(self, message: str, *, file: str = "", row: int | None = None, column: str = "") -> None:
+        parts = [file] if file else []
+        if row is not None:
+            parts.append(f"row {row}")
+        if column:
+            parts.append(f"column '{column}'")
+        self.where = ", ".join(parts)
+        super().__init__(f"{self.where}: {message}" if self.where else message)
 
 
 class SolverError(ImmunetwinError):

@@ -24,7 +24,7 @@ app = typer.Typer(
         "Immune digital twins: simulate immune models (SBML / Antimony), use the curated template "
         "library, and (as the platform grows) personalise, forecast and decide.\n\n"
         "Start with:  immunetwin templates list   then   immunetwin simulate MODEL.ant --days 28 "
-        "--out traj.csv --plot traj.html"
+        "--out traj.csv --plot traj.html   and, to personalise,   immunetwin fit PROBLEM.yaml --method map"
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -33,13 +33,15 @@ app = typer.Typer(
 
 
 def configure_runtime() -> None:
-    """Turn on JAX's persistent compilation cache (``IMMUNETWIN_CACHE``; ``off`` disables it).
+    """Use every CPU core (one JAX device each) and turn on JAX's persistent compilation cache
+    (``IMMUNETWIN_CACHE``; ``off`` disables it).
 
     Called by the command-line entry point only: library users opt in with
-    :func:`immunetwin.enable_compilation_cache`.
+    :func:`immunetwin.runtime.use_all_cpu_cores` and :func:`immunetwin.runtime.enable_compilation_cache`.
     """
-    from immunetwin.runtime import default_cache_dir, enable_compilation_cache
+    from immunetwin.runtime import default_cache_dir, enable_compilation_cache, use_all_cpu_cores
 
+    use_all_cpu_cores()
     where = os.environ.get("IMMUNETWIN_CACHE", "")
     if where.lower() == "off":
         return
@@ -47,9 +49,11 @@ def configure_runtime() -> None:
 
 
 def _register() -> None:
+    from immunetwin.cli import fit as fit_cmd
     from immunetwin.cli import simulate as simulate_cmd
 
     app.command("simulate")(simulate_cmd.simulate)
+    app.command("fit")(fit_cmd.fit)
     try:
         from immunetwin.cli.templates import app as templates_app
     except ImportError:  # pragma: no cover - the template CLI is optional while it is being written

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from immunetwin.conformance.report import replace_section
+
 __all__ = ["CaseResult", "CaseSettings", "read_index", "run_case", "select_cases"]
 
 _EXCLUDED_EVENT_TAGS = (
@@ -196,8 +198,6 @@ def run_cases(suite: Path, cases: Sequence[str], jobs: int = 1) -> Iterator[Case
 def summary_markdown(results_by_subset: dict[str, list[CaseResult]], machine: str, command: str) -> str:
     """CONFORMANCE.md text: totals per subset, then every non-passing case with its reason."""
     lines = [
-        "# Conformance",
-        "",
         "## SBML Test Suite (semantic cases)",
         "",
         f"Produced by `{command}` on {machine}.",
@@ -264,7 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd = "python -m immunetwin.conformance.sbml_suite " + " ".join(
             sys.argv[1:] if argv is None else argv
         )
-        args.markdown.write_text(summary_markdown(results, args.machine or "unknown machine", cmd))
+        replace_section(
+            args.markdown, "sbml", summary_markdown(results, args.machine or "unknown machine", cmd)
+        )
     return 0
 
 

@@ -31,7 +31,7 @@ from sympy.printing.numpy import JaxPrinter
 
 from immunetwin.spec.model import TIME, ModelSpec, amount_symbol, declared_symbol
 
-__all__ = ["GeneratedFunctions", "generate"]
+__all__ = ["GeneratedFunctions", "compile_expressions", "generate"]
 
 _REWRITES: tuple[tuple[type, Callable[..., sp.Expr]], ...] = (
     (sp.sec, lambda x: 1 / sp.cos(x)),
@@ -318,3 +318,34 @@ def generate(spec: ModelSpec) -> GeneratedFunctions:
 def quantity_index(spec: ModelSpec) -> Mapping[str, int]:
     """Position of each quantity id in ``observe``'s output and in the declared-value vector."""
     return {q.id: i for i, q in enumerate(spec.quantities)}
+
+
+def compile_expressions(
+    name: str, args: tuple[str, ...], bindings: Mapping[str, str], exprs: tuple[sp.Basic, ...]
+) -> tuple[Callable[..., Any], str]:
+    """A pure JAX function ``name(*args) -> stack(exprs)`` and its source.
+
+    ``bindings`` maps each free symbol's name to a source snippet over ``args`` (e.g. ``"v[3]"``); a
+    symbol without a binding raises ``KeyError`` naming it. Used for observables and noise formulas.
+    """
+    printer = _Printer({"fully_qualified_modules": True, "inline": True})
+    used: dict[str, str] = {}
+    local: list[sp.Basic] = []
+    for expr in exprs:
+        expr = _rewrite(sp.sympify(expr))
+        unknown = sorted(s.name for s in expr.free_symbols if s.name not in bindings)
+        if unknown:
+            raise KeyError(", ".join(unknown))
+        repl = {}
+        for s in expr.free_symbols:
+            var = used.setdefault(s.name, f"x{len(used)}")
+            repl[s] = sp.Symbol(var)
+        local.append(expr.xreplace(repl))
+    lines = [f"def {name}({', '.join(args)}):"]
+    lines += [f"    {var} = {bindings[sym]}" for sym, var in used.items()]
+    body = [printer.doprint(e).replace("jax.numpy.", "jnp.") for e in local]
+    lines.append(f"    return {_stack(body)}")
+    source = "\n".join(lines) + "\n"
+    namespace: dict[str, Any] = {"jnp": jnp, "jax": jax, "nan": jnp.nan, "functools": functools}
+    exec(compile(source, f"<immunetwin {name}>", "exec"), namespace)
+    return namespace[name], source

@@ -44,6 +44,7 @@ __all__ = [
     "builtin_root",
     "list_templates",
     "load_template",
+    "petab_prior",
 ]
 
 Roots = str | Path | Sequence[str | Path] | None
@@ -371,7 +372,7 @@ def _tsv(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join("\t".join(cell(x) for x in row) for row in (columns, *rows)) + "\n"
 
 
-def _petab_prior(prior: Prior) -> tuple[str, str]:
+def petab_prior(prior: Prior) -> tuple[str, str]:
     """PEtab v1 objective prior type and parameters; ``logNormal`` takes the mean and sd of ``ln x``."""
     values = tuple(prior.parameters.values())  # in PRIOR_FORMS order
     if prior.distribution == "lognormal":
@@ -393,7 +394,7 @@ def _petab_files(template: Template, synthetic: TrajectoryLike | None, seed: int
         if pid not in template.structure.parameters:
             continue  # compartment sizes are not PEtab parameters
         log = info.estimate and info.value > 0 and info.range[0] > 0
-        prior = _petab_prior(info.prior) if info.estimate else ("", "")
+        prior = petab_prior(info.prior) if info.estimate else ("", "")
         rows.append((pid, pid, "log10" if log else "lin", info.range[0], info.range[1], info.value,
                      int(info.estimate), *prior))  # fmt: skip
     oids = observable_ids(template)

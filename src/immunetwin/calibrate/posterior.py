@@ -1,0 +1,505 @@
+"""Bayesian posteriors of a calibration problem: NUTS draws (NumPyro) and a Laplace approximation.
+
+``sample_posterior`` draws from ``p(theta | y) ∝ p(y | theta) p(theta)`` with the No-U-Turn sampler
+(Hoffman & Gelman 2014, JMLR 15:1593; NumPyro's implementation, Phan et al. 2019, arXiv:1912.11554).
+The bounded ``theta`` (on the parameter scales) is sampled through an unconstrained ``u``:
+
+.. math::
+
+    \\theta = l + (h - l)\\,\\sigma(u), \\qquad
+    \\log p(u \\mid y) = \\log p(\\theta(u) \\mid y) + \\sum_i \\big[\\log(h_i - l_i)
+        + \\log \\sigma(u_i) + \\log \\sigma(-u_i)\\big],
+
+with ``l, h`` the problem's bounds and ``σ`` the logistic function. Gradients are the objective's
+forward sensitivities (:func:`~immunetwin.calibrate.likelihood.reverse_differentiable`).
+
+Convergence is judged as Vehtari et al. (2021, Bayesian Analysis 16:667, Section 4) recommend: the
+rank-normalised split R-hat of every parameter at most 1.01, bulk and tail effective sample sizes of
+at least 400, and no divergent transitions after warm-up. A run that misses any of these is returned
+(with ``converged=False`` and plain-language ``warnings``) and a :class:`ConvergenceWarning` is emitted.
+
+``laplace`` approximates the posterior by a Gaussian at the MAP on the parameter scales,
+``N(theta_map, (-∇²log p(theta_map | y))^{-1})`` (Tierney & Kadane 1986, JASA 81:82), with the
+Hessian by forward-over-forward differentiation. Both return an ArviZ ``InferenceData`` of the same
+layout: ``posterior`` (``theta`` on the parameter scales and ``value`` linear, dims ``chain, draw,
+parameter``), ``log_likelihood`` (``y``: the log density of each measurement row, so ``az.loo``
+works) and ``observed_data``; NUTS adds ``sample_stats`` (``diverging``, ``lp``, ``energy``, ...).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings as _warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import xarray as xr
+from numpyro.infer import MCMC, NUTS
+
+from immunetwin.calibrate.likelihood import (
+    Objective,
+    _row_log_density,
+    forward_value_and_grad,
+    reverse_differentiable,
+)
+from immunetwin.calibrate.problem import Problem, from_scale
+from immunetwin.errors import InputError
+
+__all__ = ["ConvergenceWarning", "LaplaceFit", "PosteriorFit", "laplace", "sample_posterior"]
+
+#: Vehtari et al. (2021), Section 4: largest acceptable R-hat and smallest bulk/tail ESS.
+RHAT_MAX = 1.01
+ESS_MIN = 400.0
+
+#: Smallest eigenvalue of the negative Hessian, relative to the largest, still taken as positive.
+_SINGULAR = 1e-12
+
+_EXTRA_FIELDS = (
+    "diverging",
+    "potential_energy",
+    "energy",
+    "num_steps",
+    "accept_prob",
+    "adapt_state.step_size",
+)
+
+
+class ConvergenceWarning(UserWarning):
+    """Posterior draws (or a Laplace approximation) that should not be trusted as they are."""
+
+
+@dataclass(frozen=True, eq=False)
+class _Draws:
+    idata: az.InferenceData
+
+    @property
+    def theta_draws(self) -> np.ndarray:
+        """All draws of ``theta`` on the parameter scales, chains concatenated: ``(n, dim)``."""
+        th = self.idata.posterior["theta"].values
+        return th.reshape(-1, th.shape[-1])
+
+    def to_netcdf(self, path: str | Path) -> Path:
+        """Write the ``InferenceData`` (every group) to a NetCDF-4 file; read with ``az.from_netcdf``."""
+        self.idata.to_netcdf(str(path))
+        return Path(path)
+
+
+@dataclass(frozen=True, eq=False)
+class PosteriorFit(_Draws):
+    """NUTS draws and their diagnostics.
+
+    Attributes:
+        idata: the draws (see the module docstring for the groups).
+        rhat, ess_bulk, ess_tail: rank-normalised split R-hat and bulk/tail ESS of ``theta`` by id.
+        divergences: divergent transitions after warm-up.
+        converged: every R-hat <= 1.01, every bulk and tail ESS >= 400, no divergences.
+        warnings: plain-language reasons why the run is not converged (empty when it is).
+    """
+
+    rhat: Mapping[str, float]
+    ess_bulk: Mapping[str, float]
+    ess_tail: Mapping[str, float]
+    divergences: int
+    converged: bool
+    warnings: tuple[str, ...]
+
+    def summary(self) -> pd.DataFrame:
+        """ArviZ summary (mean, sd, HDI, MCSE, ESS, R-hat) of ``theta`` and ``value``."""
+        return az.summary(self.idata, var_names=["theta", "value"])
+
+
+@dataclass(frozen=True, eq=False)
+class LaplaceFit(_Draws):
+    """A Gaussian approximation at the MAP, ``N(mean, covariance)`` on the parameter scales.
+
+    Attributes:
+        idata: ``draws`` independent draws as one chain (same layout as :class:`PosteriorFit`).
+        mean: ``theta_map``; ``covariance`` the inverse negative Hessian of the log posterior there.
+        sd: posterior sd of ``theta`` by id.
+        log_posterior: the log posterior at ``mean``.
+        warnings: plain-language caveats (``mean`` not at a stationary point, draws out of bounds).
+    """
+
+    mean: np.ndarray
+    covariance: np.ndarray
+    sd: Mapping[str, float]
+    log_posterior: float
+    warnings: tuple[str, ...]
+
+    def summary(self) -> pd.DataFrame:
+        """ArviZ summary statistics (mean, sd, HDI) of ``theta`` and ``value``."""
+        return az.summary(self.idata, var_names=["theta", "value"], kind="stats")
+
+
+# -- the sampling space -----------------------------------------------------------------------------
+
+
+def _theta_of(u: Any, lo: np.ndarray, width: np.ndarray) -> Any:
+    return lo + width * jax.nn.sigmoid(u)
+
+
+def _potential(objective: Objective) -> Any:
+    """``u -> -log p(u | y)`` (NumPyro's potential energy), differentiable by forward sensitivities."""
+    lo, width = objective.problem.lower, objective.problem.upper - objective.problem.lower
+    log_post = reverse_differentiable(objective.log_posterior)
+    log_width = np.log(width)
+
+    def potential(u: Any) -> Any:
+        log_jac = jnp.sum(log_width + jax.nn.log_sigmoid(u) + jax.nn.log_sigmoid(-u))
+        value = -(log_post(_theta_of(u, lo, width)) + log_jac)
+        return jnp.where(jnp.isnan(value), jnp.inf, value)
+
+    return potential
+
+
+def _start(problem: Problem, init: Any) -> np.ndarray:
+    """Starting ``theta`` (dim,) or (chains, dim): ``init`` (array on the scales, or linear values
+    by id), else the nominal point with the midpoint of the bounds where it is not finite."""
+    lo, hi = problem.lower, problem.upper
+    if init is None:
+        nominal = problem.nominal
+        return np.where(np.isfinite(nominal), nominal, 0.5 * (lo + hi))
+    theta = problem.theta(init) if isinstance(init, Mapping) else np.asarray(init, dtype=float)
+    if theta.shape[-1:] != (len(lo),) or theta.ndim > 2:
+        raise InputError(f"init must have shape ({len(lo)},) or (chains, {len(lo)}), got {theta.shape}")
+    outside = ~np.all((theta >= lo) & (theta <= hi) & np.isfinite(theta), axis=tuple(range(theta.ndim - 1)))
+    if outside.any():
+        pid = problem.free_ids[int(np.flatnonzero(outside)[0])]
+        raise InputError(f"init of parameter '{pid}' lies outside its bounds (or is not finite)")
+    return theta
+
+
+def _initial_u(problem: Problem, init: Any, key: Any, chains: int, jitter: float) -> np.ndarray:
+    """(chains, dim) starting points in ``u``: ``init`` mapped to ``u`` plus ``U(-jitter, jitter)``
+    (per-chain inits of shape (chains, dim) are used as they are)."""
+    theta = _start(problem, init)
+    lo, width = problem.lower, problem.upper - problem.lower
+    frac = np.clip((theta - lo) / width, 1e-6, 1 - 1e-6)
+    u = np.log(frac) - np.log1p(-frac)
+    if theta.ndim == 2:
+        if theta.shape[0] != chains:
+            raise InputError(f"init has {theta.shape[0]} rows for {chains} chains")
+        return u
+    noise = np.asarray(jax.random.uniform(key, (chains, len(lo)), minval=-jitter, maxval=jitter))
+    return u[None, :] + noise
+
+
+# -- the InferenceData ------------------------------------------------------------------------------
+
+
+def _row_log_likelihood(objective: Objective) -> tuple[Any, np.ndarray]:
+    """``theta -> log density of each present measurement row`` (the terms the objective's
+    log-likelihood sums) and the indices of those rows in the measurement table."""
+    problem = objective.problem
+    m = problem.measurements
+    obs = {o.id: o for o in problem.observables}
+    row_obs = [obs[str(o)] for o in m.observable]
+    tcode = np.array([("lin", "log", "log10").index(o.transformation) for o in row_obs])
+    lap = np.array([o.distribution == "laplace" for o in row_obs])
+    cens = np.array([("", "left", "right").index(str(c)) for c in m.censoring], dtype=np.int32)
+    exp_index = {e: i for i, e in enumerate(objective.experiments)}
+    row_exp = np.array(
+        [exp_index[(str(a), str(b))] for a, b in zip(m.preequilibration, m.condition, strict=True)]
+    )
+    present = np.flatnonzero(np.isfinite(m.value))
+    y = np.asarray(m.value)[present]
+
+    def rows(theta: Any) -> Any:
+        h, sigma, ok = objective.observables(theta)
+        ll = _row_log_density(y, h[present], sigma[present], tcode[present], lap[present], cens[present])
+        return jnp.where(ok[row_exp[present]], ll, -jnp.inf)
+
+    return rows, present
+
+
+def _pointwise(objective: Objective, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row log-likelihoods at draws ``theta`` (..., dim) -> (..., rows), and the row indices."""
+    rows, present = _row_log_likelihood(objective)
+    flat = theta.reshape(-1, theta.shape[-1])
+    with jax.enable_x64(True):
+        fn = jax.jit(lambda th: jax.lax.map(rows, th, batch_size=min(len(flat), 64)))
+        out = np.asarray(fn(jnp.asarray(flat)))
+    return out.reshape(*theta.shape[:-1], len(present)), present
+
+
+def _inference_data(
+    objective: Objective, theta: np.ndarray, stats: Mapping[str, np.ndarray] | None
+) -> az.InferenceData:
+    """InferenceData from ``theta`` draws (chains, draws, dim) and optional sample stats."""
+    problem = objective.problem
+    m = problem.measurements
+    scales = [p.scale for p in problem.free]
+    value = np.stack([from_scale(theta[..., i], s) for i, s in enumerate(scales)], axis=-1)
+    draw_coords = {"chain": np.arange(theta.shape[0]), "draw": np.arange(theta.shape[1])}
+    par = {"parameter": list(problem.free_ids), "scale": ("parameter", scales)}
+    dims = ("chain", "draw", "parameter")
+    posterior = xr.Dataset({"theta": (dims, theta), "value": (dims, value)}, coords=draw_coords | par)
+    loglik, present = _pointwise(objective, theta)
+    row = {
+        "row": present,
+        "observable": ("row", m.observable[present].astype(str)),
+        "condition": ("row", m.condition[present].astype(str)),
+        "time": ("row", m.time[present]),
+        "source_row": ("row", m.source_rows[present]),
+    }
+    groups: dict[str, xr.Dataset] = {
+        "posterior": posterior,
+        "log_likelihood": xr.Dataset({"y": (("chain", "draw", "row"), loglik)}, coords=draw_coords | row),
+        "observed_data": xr.Dataset({"y": ("row", m.value[present])}, coords=row),
+    }
+    if stats is not None:
+        groups["sample_stats"] = xr.Dataset(
+            {k: (("chain", "draw"), v) for k, v in stats.items()}, coords=draw_coords
+        )
+    attrs = {"problem": problem.name, "created_by": "immunetwin.calibrate.posterior"}
+    for ds in groups.values():
+        ds.attrs.update(attrs)
+    return az.InferenceData(**groups)
+
+
+# -- diagnostics ------------------------------------------------------------------------------------
+
+
+def _by_id(ids: Sequence[str], ds: xr.Dataset) -> dict[str, float]:
+    return {pid: float(v) for pid, v in zip(ids, ds["theta"].values, strict=True)}
+
+
+def _convergence_messages(
+    rhat: Mapping[str, float], bulk: Mapping[str, float], tail: Mapping[str, float], divergences: int
+) -> list[str]:
+    out = []
+    for pid, r in rhat.items():
+        if math.isnan(r):
+            out.append(f"R-hat of '{pid}' could not be computed: it needs at least 2 chains of 4 draws")
+        elif not r <= RHAT_MAX:
+            out.append(
+                f"R-hat of '{pid}' is {r:.3g} (> {RHAT_MAX}): the chains disagree about it; run more"
+                " warm-up and draws, or look for several modes"
+            )
+    for kind, ess in (("bulk", bulk), ("tail", tail)):
+        for pid, e in ess.items():
+            if math.isnan(e):
+                out.append(f"{kind} effective sample size of '{pid}' could not be computed (too few draws)")
+            elif not e >= ESS_MIN:
+                out.append(
+                    f"{kind} effective sample size of '{pid}' is {e:.0f} (< {ESS_MIN:.0f}): too few"
+                    " independent draws for reliable estimates; run more draws"
+                )
+    if divergences:
+        out.append(
+            f"{divergences} divergent transitions after warm-up: the sampler could not follow the"
+            " posterior's curvature and may be biased; raise target_accept or reparameterise"
+        )
+    return out
+
+
+def _warn(messages: Sequence[str], what: str) -> None:
+    if messages:
+        _warnings.warn(f"{what}: " + "; ".join(messages), ConvergenceWarning, stacklevel=3)
+
+
+# -- NUTS -------------------------------------------------------------------------------------------
+
+
+def sample_posterior(
+    objective: Objective,
+    *,
+    key: Any,
+    chains: int = 4,
+    draws: int = 1000,
+    warmup: int = 1000,
+    init: Any = None,
+    target_accept: float = 0.8,
+    progress: bool = False,
+    chain_method: Literal["vectorized", "sequential"] = "vectorized",
+    init_jitter: float = 0.5,
+    dense_mass: bool = False,
+) -> PosteriorFit:
+    """Draw from the posterior of ``objective`` with NUTS (see the module docstring).
+
+    Args:
+        objective: a compiled problem (:func:`~immunetwin.calibrate.compile_objective`).
+        key: ``jax.random.PRNGKey`` for the initial jitter and the sampler.
+        chains, draws, warmup: number of chains, kept draws per chain and warm-up iterations
+            (step size and mass matrix adaptation) per chain.
+        init: starting ``theta`` on the parameter scales (e.g. ``MapFit.theta``) or linear values by
+            id, jittered per chain by ``U(-init_jitter, init_jitter)`` in the unconstrained ``u``; an
+            array ``(chains, dim)`` gives each chain's start as it is. ``None``: the nominal point.
+        target_accept: NUTS's target acceptance probability during adaptation.
+        progress: show NumPyro's progress bar.
+        chain_method: ``"vectorized"`` (chains batched with ``jax.vmap``; right on one CPU device) or
+            ``"sequential"``.
+        dense_mass: adapt a dense mass matrix (helps strongly correlated parameters).
+
+    Returns:
+        A :class:`PosteriorFit`; when it is not converged a :class:`ConvergenceWarning` is emitted too.
+
+    Raises:
+        InputError: no estimated parameters, counts below 1, or ``init`` outside the bounds.
+    """
+    problem = objective.problem
+    if objective.dim == 0:
+        raise InputError(f"problem '{problem.name}' estimates no parameters")
+    if min(chains, draws) < 1 or warmup < 0:
+        raise InputError(f"chains and draws must be >= 1 and warmup >= 0, got {chains}, {draws}, {warmup}")
+    if chain_method not in ("vectorized", "sequential"):
+        raise InputError(f"chain_method must be 'vectorized' or 'sequential', got '{chain_method}'")
+    key_init, key_run = jax.random.split(key)
+    with jax.enable_x64(True):
+        u0 = _initial_u(problem, init, key_init, chains, init_jitter)
+        kernel = NUTS(
+            potential_fn=_potential(objective), target_accept_prob=target_accept, dense_mass=dense_mass
+        )
+        mcmc = MCMC(
+            kernel,
+            num_warmup=warmup,
+            num_samples=draws,
+            num_chains=chains,
+            chain_method=chain_method,
+            progress_bar=progress,
+        )
+        mcmc.run(key_run, init_params=jnp.asarray(u0 if chains > 1 else u0[0]), extra_fields=_EXTRA_FIELDS)
+        u = np.asarray(mcmc.get_samples(group_by_chain=True))
+        extra = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
+    lo, width = problem.lower, problem.upper - problem.lower
+    theta = lo + width / (1.0 + np.exp(-u))
+    stats = {
+        "diverging": extra["diverging"].astype(bool),
+        "lp": -extra["potential_energy"],
+        "energy": extra["energy"],
+        "n_steps": extra["num_steps"],
+        "tree_depth": np.ceil(np.log2(extra["num_steps"] + 1.0)).astype(int),
+        "acceptance_rate": extra["accept_prob"],
+        "step_size": extra["adapt_state.step_size"],
+    }
+    idata = _inference_data(objective, theta, stats)
+    ids = problem.free_ids
+    with _warnings.catch_warnings():  # ArviZ warns on short chains; our own messages say more
+        _warnings.simplefilter("ignore")
+        rhat = _by_id(ids, az.rhat(idata, var_names=["theta"]))
+        bulk = _by_id(ids, az.ess(idata, var_names=["theta"], method="bulk"))
+        tail = _by_id(ids, az.ess(idata, var_names=["theta"], method="tail"))
+    divergences = int(stats["diverging"].sum())
+    messages = _convergence_messages(rhat, bulk, tail, divergences)
+    _warn(messages, "posterior sampling did not converge")
+    return PosteriorFit(
+        idata=idata,
+        rhat=rhat,
+        ess_bulk=bulk,
+        ess_tail=tail,
+        divergences=divergences,
+        converged=not messages,
+        warnings=tuple(messages),
+    )
+
+
+# -- Laplace ----------------------------------------------------------------------------------------
+
+
+def _value_grad_hessian(objective: Objective, theta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Log posterior, gradient (forward sensitivities) and symmetrised Hessian (``jacfwd`` of it)."""
+    vg = forward_value_and_grad(objective.log_posterior)
+
+    def grad_with_aux(x: Any) -> tuple[Any, Any]:
+        value, grad = vg(x)
+        return grad, (value, grad)
+
+    def grad_and_hessian(th: Any) -> tuple[Any, Any, Any]:
+        hess, (value, grad) = jax.jacfwd(grad_with_aux, has_aux=True)(th)
+        return value, grad, hess
+
+    with jax.enable_x64(True):
+        value, grad, hess = jax.jit(grad_and_hessian)(jnp.asarray(theta, dtype=jnp.float64))
+    hess = np.asarray(hess)
+    return float(value), np.asarray(grad), 0.5 * (hess + hess.T)
+
+
+def laplace(objective: Objective, theta_map: Any, *, key: Any, draws: int = 1000) -> LaplaceFit:
+    """Gaussian (Laplace) approximation of the posterior at ``theta_map`` on the parameter scales.
+
+    .. math::
+
+        p(\\theta \\mid y) \\approx \\mathcal N\\big(\\hat\\theta,\\ \\Sigma\\big), \\qquad
+        \\Sigma = \\big(-\\nabla^2 \\log p(\\hat\\theta \\mid y)\\big)^{-1}
+
+    (Tierney & Kadane 1986, JASA 81:82). Exact for a posterior that is Gaussian on the parameter
+    scales (a model linear in ``theta`` on the observation scale, normal priors, bounds far away).
+
+    Args:
+        objective: a compiled problem.
+        theta_map: the MAP on the parameter scales (e.g. ``fit_map(...).theta``).
+        key: ``jax.random.PRNGKey`` for the draws.
+        draws: number of independent draws stored in ``idata`` (as one chain).
+
+    Returns:
+        A :class:`LaplaceFit`. Its ``warnings`` (also emitted as :class:`ConvergenceWarning`) say when
+        ``theta_map`` is not a stationary point (a Newton step would move a parameter by more than
+        0.1 sd) or when draws fall outside the bounds (which are kept: the Gaussian ignores bounds).
+
+    Raises:
+        InputError: ``theta_map`` has the wrong shape, the log posterior is not finite there, or the
+            negative Hessian is not positive definite (``theta_map`` is not a maximum, or the data
+            and prior do not determine some direction); the message names the parameter that
+            dominates the offending direction.
+    """
+    problem = objective.problem
+    theta_map = np.asarray(theta_map, dtype=float)
+    if theta_map.shape != (objective.dim,):
+        raise InputError(f"theta_map must have shape ({objective.dim},), got {theta_map.shape}")
+    if draws < 1:
+        raise InputError(f"draws must be >= 1, got {draws}")
+    value, grad, hess = _value_grad_hessian(objective, theta_map)
+    if not (math.isfinite(value) and np.all(np.isfinite(hess))):
+        raise InputError(
+            f"the log posterior or its Hessian is not finite at theta_map (log posterior {value})"
+        )
+    eigval, eigvec = np.linalg.eigh(-hess)
+    if eigval[0] <= _SINGULAR * max(abs(eigval[-1]), 1.0):
+        pid = problem.free_ids[int(np.argmax(np.abs(eigvec[:, 0])))]
+        raise InputError(
+            f"the negative Hessian of the log posterior at theta_map is not positive definite (smallest"
+            f" eigenvalue {eigval[0]:.3g}, mostly along '{pid}'): theta_map is not a maximum, or data"
+            " and prior do not determine that direction"
+        )
+    cov = (eigvec / eigval) @ eigvec.T
+    sd = np.sqrt(np.diag(cov))
+    with jax.enable_x64(True):
+        z = np.asarray(jax.random.normal(key, (draws, objective.dim), dtype=jnp.float64))
+    theta = theta_map + z @ (eigvec * np.sqrt(1.0 / eigval)).T
+    messages = _laplace_messages(problem, grad, cov, sd, theta)
+    _warn(messages, "Laplace approximation")
+    return LaplaceFit(
+        idata=_inference_data(objective, theta[None], None),
+        mean=theta_map,
+        covariance=cov,
+        sd=dict(zip(problem.free_ids, sd.tolist(), strict=True)),
+        log_posterior=value,
+        warnings=tuple(messages),
+    )
+
+
+def _laplace_messages(
+    problem: Problem, grad: np.ndarray, cov: np.ndarray, sd: np.ndarray, theta: np.ndarray
+) -> list[str]:
+    out = []
+    step = np.abs(cov @ grad) / sd
+    if step.max() > 0.1:
+        pid = problem.free_ids[int(np.argmax(step))]
+        out.append(
+            f"theta_map is not at the mode: a Newton step moves '{pid}' by {step.max():.2g} posterior sd;"
+            " optimise further before trusting this approximation"
+        )
+    outside = np.mean(np.any((theta < problem.lower) | (theta > problem.upper), axis=1))
+    if outside > 0:
+        out.append(
+            f"{100 * outside:.1f}% of the draws fall outside the parameter bounds: the posterior is"
+            " cut by a bound and not Gaussian; use sample_posterior"
+        )
+    return out

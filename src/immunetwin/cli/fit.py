@@ -1,0 +1,137 @@
+"""``immunetwin fit``: personalise a model to data (a PEtab problem, or a template and a CSV)."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from immunetwin.errors import InputError
+
+__all__ = ["fit"]
+
+_METHODS = ("map", "laplace", "nuts")
+
+
+def _problem(source: str, data: Path | None, estimate: list[str] | None):
+    """A PEtab YAML file, or a template name with ``--data`` (columns observable, time, value[, censored])."""
+    if source.endswith((".yaml", ".yml")):
+        if data is not None:
+            raise InputError("--data is for templates; a PEtab problem brings its own measurement table")
+        from immunetwin.io.petab import read_petab
+
+        return read_petab(source)
+    import pandas as pd
+
+    from immunetwin.calibrate.patient import patient_problem
+    from immunetwin.templates import load_template
+
+    template = load_template(source)
+    if data is None:
+        raise InputError(
+            f"template '{source}' needs --data CSV (columns observable, time, value[, censored])"
+        )
+    if not data.is_file():
+        raise InputError(f"--data {data}: file not found")
+    return patient_problem(template, pd.read_csv(data), estimate=estimate, name=data.stem)
+
+
+def fit(
+    problem: Annotated[str, typer.Argument(help="PEtab problem YAML, or a template name (then give --data)")],
+    method: Annotated[
+        str, typer.Option(help="map (multi-start optimisation), laplace (Gaussian at the MAP) or nuts")
+    ] = "map",
+    data: Annotated[
+        Path | None,
+        typer.Option(help="CSV of one patient's data for a template: observable, time, value[, censored]"),
+    ] = None,
+    estimate: Annotated[
+        list[str] | None, typer.Option(help="parameter to personalise (repeat; default: the template's)")
+    ] = None,
+    starts: Annotated[int, typer.Option(help="MAP: number of starts")] = 10,
+    chains: Annotated[int, typer.Option(help="NUTS: chains")] = 4,
+    draws: Annotated[int, typer.Option(help="NUTS / Laplace: draws per chain")] = 1000,
+    warmup: Annotated[int, typer.Option(help="NUTS: warm-up iterations per chain")] = 1000,
+    seed: Annotated[int, typer.Option(help="random seed (starts, draws)")] = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="folder for results: map.json, and posterior.nc for laplace/nuts")
+    ] = None,
+) -> None:
+    """Fit a model to data: the MAP estimate (multi-start), a Laplace approximation or a NUTS posterior.
+
+    Examples:  immunetwin fit problem.yaml --method map --starts 20
+               immunetwin fit viral_tiv --data patient.csv --method nuts --out fit/
+    """
+    import jax
+
+    from immunetwin.calibrate import compile_objective
+    from immunetwin.calibrate.fit import fit_map
+
+    if method not in _METHODS:
+        raise InputError(f"--method '{method}': choose one of {', '.join(_METHODS)}")
+    for name, value in (("--starts", starts), ("--chains", chains), ("--draws", draws)):
+        if value < 1:
+            raise InputError(f"{name} must be at least 1, got {value}")
+    console = Console(highlight=False)
+    prob = _problem(problem, data, estimate)
+    console.print(
+        f"[bold]{prob.name}[/]: {len(prob.measurements)} measurements, estimating {', '.join(prob.free_ids)}"
+    )
+    objective = compile_objective(prob)
+    key = jax.random.PRNGKey(seed)
+    t0 = time.perf_counter()
+    with console.status(f"MAP from {starts} starts (the first call compiles the model)..."):
+        result = fit_map(objective, key=key, starts=starts)
+    table = Table(
+        title=f"MAP ({result.at_best}/{len(result.starts)} starts at the best value; {result.seconds:.1f} s)"
+    )
+    for col in ("parameter", "estimate", "scale"):
+        table.add_column(col)
+    for p in prob.free:
+        table.add_row(p.id, f"{result.values[p.id]:.4g}", p.scale)
+    console.print(table)
+    console.print(f"log posterior {result.objective:.4f}, log likelihood {result.log_likelihood:.4f}")
+    summary: dict = {
+        "problem": prob.name,
+        "map": result.values,
+        "log_posterior": result.objective,
+        "log_likelihood": result.log_likelihood,
+        "starts_at_best": result.at_best,
+        "starts": len(result.starts),
+    }
+    posterior = None
+    if method != "map":
+        from immunetwin.calibrate.posterior import ConvergenceWarning, laplace, sample_posterior
+
+        key_post = jax.random.fold_in(key, 1)
+        with console.status(f"{method}..."), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # printed below, once
+            if method == "laplace":
+                posterior = laplace(objective, result.theta, key=key_post, draws=draws)
+            else:
+                posterior = sample_posterior(
+                    objective, key=key_post, chains=chains, draws=draws, warmup=warmup, init=result.theta
+                )
+        console.print(posterior.summary().to_string(), markup=False)
+        for message in posterior.warnings:
+            console.print("warning: " + message, style="bold yellow", markup=False)
+        summary[method] = {"warnings": list(posterior.warnings)}
+        if method == "nuts":
+            summary["nuts"] |= {
+                "converged": posterior.converged,
+                "rhat": posterior.rhat,
+                "ess_bulk": posterior.ess_bulk,
+            }
+    summary["seconds"] = time.perf_counter() - t0
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "map.json").write_text(json.dumps(summary, indent=2, default=float))
+        if posterior is not None:
+            posterior.to_netcdf(out / "posterior.nc")
+        console.print(f"results in {out}/")

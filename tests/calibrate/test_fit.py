@@ -1,0 +1,49 @@
+"""Multi-start MAP / maximum likelihood."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+import pytest
+from decay import decay_problem
+from scipy.optimize import curve_fit
+
+from immunetwin.calibrate import compile_objective
+from immunetwin.calibrate.fit import fit_map
+from immunetwin.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def objective(decay_data):
+    return compile_objective(decay_problem(decay_data))
+
+
+def test_maximum_likelihood_equals_least_squares(objective, decay_data):
+    # With normal noise of known sd, the MLE is the least-squares fit (scipy, independent of our code).
+    t = np.array([0.5, 1.0, 2.0, 4.0])
+
+    def model(_x, k, scale):
+        return scale * np.concatenate([10 * np.exp(-k * t), 5 * np.exp(-k * t)])
+
+    (k_ls, s_ls), _ = curve_fit(model, None, decay_data, p0=(0.3, 1.2))
+    fit = fit_map(objective, key=jax.random.PRNGKey(0), starts=4, prior=False)
+    assert fit.values["k"] == pytest.approx(k_ls, rel=1e-4)
+    assert fit.values["scale"] == pytest.approx(s_ls, rel=1e-4)
+    assert fit.converged and fit.at_best >= 2
+    assert fit.log_likelihood == pytest.approx(fit.objective, rel=1e-10)
+    assert [s.value for s in fit.starts] == sorted((s.value for s in fit.starts), reverse=True)
+
+
+def test_map_is_pulled_toward_the_prior(objective):
+    ml = fit_map(objective, key=jax.random.PRNGKey(1), starts=3, prior=False)
+    mp = fit_map(objective, key=jax.random.PRNGKey(1), starts=3, prior=True)
+    # prior on log10 k is N(-0.3, 1): log10 0.5 = -0.301, so the MAP moves toward -0.3 by little
+    assert mp.objective == pytest.approx(mp.log_likelihood + mp.log_prior, rel=1e-10)
+    assert abs(math.log10(mp.values["k"]) + 0.3) <= abs(math.log10(ml.values["k"]) + 0.3) + 1e-9
+
+
+def test_zero_starts_are_refused(objective):
+    with pytest.raises(InputError, match="starts"):
+        fit_map(objective, key=jax.random.PRNGKey(0), starts=0)

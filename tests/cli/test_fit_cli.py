@@ -1,0 +1,47 @@
+"""``immunetwin fit`` end to end on a real person's data (shipped in the package), and its refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from immunetwin.datasets import ke2022_nasal, viral_load_table
+
+
+def _run(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", "from immunetwin.cli import main; main()", *args],
+        capture_output=True, text=True, cwd=cwd, timeout=1800,
+    )  # fmt: skip
+
+
+def test_fit_map_of_a_template_to_one_persons_viral_loads(tmp_path):
+    data = tmp_path / "ke01.csv"
+    viral_load_table(ke2022_nasal(), "ke01").to_csv(data, index=False)
+    out = tmp_path / "fit"
+    res = _run("fit", "viral_tiv", "--data", str(data), "--starts", "3", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    result = json.loads((out / "map.json").read_text())
+    assert set(result["map"]) == {"beta", "delta", "p", "c", "V0"}
+    assert result["starts_at_best"] >= 1
+    assert result["log_likelihood"] > -40  # 14 points, sd 0.5: a fit, not a failure (-inf)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("fit", "viral_tiv"), "needs --data"),
+        (("fit", "viral_tiv", "--data", "nope.csv"), "file not found"),
+        (("fit", "nope.yaml"), "file not found"),
+        (("fit", "viral_tiv", "--data", "x.csv", "--method", "mcmc"), "--method 'mcmc'"),
+    ],
+)
+def test_fit_refusals_are_one_line(args, message, tmp_path):
+    res = _run(*args, cwd=tmp_path)
+    assert res.returncode == 2
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
