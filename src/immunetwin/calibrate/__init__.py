@@ -10,6 +10,18 @@ posterior = sample_posterior(objective, key=jax.random.PRNGKey(1), init=fit.thet
 ```
 """
 
+from immunetwin.calibrate.analysis import (
+    Comparison,
+    PredictiveCheck,
+    Profiles,
+    Sensitivity,
+    ToleranceCheck,
+    compare_models,
+    posterior_predictive,
+    profile,
+    sensitivity,
+    tolerance_check,
+)
 from immunetwin.calibrate.fit import MapFit, StartResult, fit_map
 from immunetwin.calibrate.likelihood import CALIBRATION_CONTROLS, Objective, SteadyState, compile_objective
 from immunetwin.calibrate.patient import patient_problem
@@ -24,6 +36,7 @@ from immunetwin.calibrate.problem import Condition, Measurements, Observable, Pa
 
 __all__ = [
     "CALIBRATION_CONTROLS",
+    "Comparison",
     "Condition",
     "ConvergenceWarning",
     "LaplaceFit",
@@ -33,13 +46,22 @@ __all__ = [
     "Observable",
     "Parameter",
     "PosteriorFit",
+    "PredictiveCheck",
     "Prior",
     "Problem",
+    "Profiles",
+    "Sensitivity",
     "StartResult",
     "SteadyState",
+    "ToleranceCheck",
+    "compare_models",
     "compile_objective",
     "fit_map",
     "laplace",
     "patient_problem",
+    "posterior_predictive",
+    "profile",
     "sample_posterior",
+    "sensitivity",
+    "tolerance_check",
 ]
