@@ -45,7 +45,6 @@ from immunetwin.calibrate.likelihood import (
     _row_log_density,
     _transform,
     compile_objective,
-    forward_value_and_grad,
 )
 from immunetwin.calibrate.problem import Problem, from_scale
 from immunetwin.engines.integrate import Controls
@@ -338,7 +337,7 @@ def profile(
     t_start = time.perf_counter()
     with jax.enable_x64(True):
         negative = _Counter(
-            jax.jit(forward_value_and_grad(objective.log_posterior if prior else objective.log_likelihood))
+            objective.jitted("value_and_grad" if prior else "value_and_grad_likelihood")
         )
         ref = -negative(theta0)[0]
         if ref <= -_FAILED:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import minimize
 
-from immunetwin.calibrate.likelihood import Objective, forward_value_and_grad
+from immunetwin.calibrate.likelihood import Objective
 from immunetwin.errors import InputError
 
 __all__ = ["MapFit", "StartResult", "fit_map"]
@@ -118,9 +118,8 @@ def fit_map(
         raise InputError(f"problem '{objective.problem.name}' estimates no parameters")
     t_start = time.perf_counter()
     lo, hi = objective.problem.lower, objective.problem.upper
-    target = objective.log_posterior if prior else objective.log_likelihood
     with jax.enable_x64(True):
-        value_and_grad = jax.jit(forward_value_and_grad(target))
+        value_and_grad = objective.jitted("value_and_grad" if prior else "value_and_grad_likelihood")
         points = _start_points(objective, starts, key, include_nominal)
 
         def negative(x: np.ndarray) -> tuple[float, np.ndarray]:
@@ -154,8 +153,8 @@ def fit_map(
                 f"every start of '{objective.problem.name}' failed to solve (all {starts} starts give -inf)"
             )
         theta = jnp.asarray(best.theta)
-        llh = float(jax.jit(objective.log_likelihood)(theta))
-        lp = float(jax.jit(objective.log_prior)(theta))
+        llh = float(objective.jitted("log_likelihood")(theta))
+        lp = float(objective.jitted("log_prior")(theta))
     at_best = sum(1 for r in results if math.isfinite(r.value) and best.value - r.value <= 0.1)
     return MapFit(
         free_ids=objective.problem.free_ids,

@@ -94,6 +94,26 @@ class Objective:
         """``(log posterior, gradient)`` (log likelihood with ``prior=False``) by forward sensitivities."""
         return forward_value_and_grad(self.log_posterior if prior else self.log_likelihood)(theta)
 
+    def jitted(self, what: str) -> Callable[[Any], Any]:
+        """A jitted function of ``theta``, compiled once per objective and kept (so repeated fits,
+        profiles and checks do not trace again): ``"log_likelihood"``, ``"log_posterior"``,
+        ``"log_prior"``, ``"observables"``, ``"value_and_grad"`` (posterior) or
+        ``"value_and_grad_likelihood"``. Call inside ``jax.enable_x64(True)``."""
+        cache = self.__dict__.setdefault("_jitted", {})
+        if what not in cache:
+            fns = {
+                "log_likelihood": self.log_likelihood,
+                "log_posterior": self.log_posterior,
+                "log_prior": self.log_prior,
+                "observables": self.observables,
+                "value_and_grad": forward_value_and_grad(self.log_posterior),
+                "value_and_grad_likelihood": forward_value_and_grad(self.log_likelihood),
+            }
+            if what not in fns:
+                raise InputError(f"unknown objective function '{what}' (known: {', '.join(fns)})")
+            cache[what] = jax.jit(fns[what])
+        return cache[what]
+
     @property
     def dim(self) -> int:
         return len(self.problem.free)

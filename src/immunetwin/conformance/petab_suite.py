@@ -16,6 +16,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing as mp
 import sys
 import time
@@ -104,6 +105,7 @@ def run_problems(
     """Run problems, each in a fresh process, ``jobs`` at a time; one that runs longer than
     ``timeout`` seconds is stopped and reported as ``timeout``. Results come in the order given."""
     ctx = mp.get_context("spawn")
+    refs = references(collection)
     todo = list(names)
     running: dict[str, tuple[mp.process.BaseProcess, mp.Queue, float]] = {}  # type: ignore[type-arg]
     done: dict[str, ProblemResult] = {}
@@ -121,8 +123,9 @@ def run_problems(
             elif time.perf_counter() - t0 > timeout:
                 proc.kill()
                 done[name] = ProblemResult(
-                    name, "timeout", detail=f"no result within {timeout:.0f} s", seconds=timeout
-                )
+                    name, "timeout", reference=refs.get(name, math.nan),
+                    detail=f"no result within {timeout:.0f} s", seconds=timeout,
+                )  # fmt: skip
             elif not proc.is_alive() and queue.empty():
                 time.sleep(0.2)
                 done[name] = (
