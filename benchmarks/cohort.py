@@ -6,8 +6,10 @@ times a mean-one log-normal factor with CV 25 %, clipped to the template's plaus
 solves the *same* parameter sets over 28 days with 29 daily outputs and the same tolerances
 (rtol 1e-6, atol 1e-9):
 
-* immunetwin ``simulate_cohort`` (``jax.vmap`` in chunks): Rodas5P (the default, stiff) for both models,
-  and Dopri5 for the non-stiff one. Throughput is timed on warm (already compiled) code; compilation is
+* immunetwin ``simulate_cohort`` (one batched loop per chunk): Rodas5P (the default, stiff) for both
+  models, and Dopri5 for the non-stiff one. On a CPU the engine sees one JAX device per core
+  (``immunetwin.runtime.use_all_cpu_cores``; ``--cpu-devices``) and splits each chunk over them, one loop
+  per core; the peers below run on one core. Throughput is timed on warm (already compiled) code; compilation is
   reported on its own: the first call in a fresh process (persistent cache off), the first call in a
   fresh process whose persistent cache another process filled, and the second call in-process.
 * libroadrunner (CVODE, BDF + Newton, stiff=True): the usual per-patient loop ``resetAll``, set the
@@ -237,10 +239,12 @@ def child(cmd: list[str], first_limit: float, limit: float) -> tuple[dict[str, A
     return got, note or ("" if proc.returncode == 0 else f"failed (exit {proc.returncode})")
 
 
-def first_call_child(name: str, solver: str, chunk: int, seed: int, cache: str) -> None:
+def first_call_child(name: str, solver: str, chunk: int, seed: int, cache: str, devices: int) -> None:
     t = time.perf_counter()
     import immunetwin  # noqa: F401 - timed: imports jax and the engine
-    from immunetwin.runtime import enable_compilation_cache
+    from immunetwin.runtime import enable_compilation_cache, use_all_cpu_cores
+
+    use_all_cpu_cores(devices or None)
     from immunetwin.templates import load_template
 
     t_import = time.perf_counter() - t
@@ -306,7 +310,7 @@ def machine() -> dict[str, Any]:
     dev = jax.devices()[0]
     return {"cpu": cpu.group(1).strip() if cpu else platform.processor(), "cores": len(os.sched_getaffinity(0)),
             "python": platform.python_version(), "jax": jax.__version__, "platform": dev.platform,
-            "device": dev.device_kind, "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+            "device": dev.device_kind, "devices": jax.device_count(), "date": time.strftime("%Y-%m-%d")}  # fmt: skip
 
 
 def write_section(path: Path, tag: str, body: str) -> None:
@@ -374,7 +378,8 @@ def markdown(res: dict[str, Any]) -> str:
     m = res["machine"]
     out = [
         f"## Virtual-cohort throughput ({m['platform'].upper()})", "",
-        f"Machine: {m['cpu']}, {m['cores']} cores; device {m['platform']} ({m['device']}); "
+        f"Machine: {m['cpu']}, {m['cores']} cores; device {m['platform']} ({m['device']}"
+        f"{' x ' + str(m['devices']) if m.get('devices', 1) > 1 else ''}); "
         f"Python {m['python']}, jax {m['jax']}; {m['date']}.  ",
         f"Command: `{res['command']}`", "", res["method"], "", res["nonstiff_reason"], "",
     ]  # fmt: skip
@@ -412,7 +417,7 @@ def bench_model(name: str, a: argparse.Namespace, res: dict[str, Any], cache: Pa
             cands = [c for c in ((25_000, 100_000, 250_000) if res["gpu"] else (250, 1000, 2500)) if c <= n]
             chunk, sweep = best_chunk(model, params, solver, cands or [n])
         if a.first_call:
-            args = ["--_first", name, solver, str(chunk), str(a.seed)]
+            args = ["--_first", name, solver, str(chunk), str(a.seed), str(a.cpu_devices)]
             cold, note = child([*args, "-"], 1800, 1800)
             child([*args, str(cache)], 1800, 1800)
             warm, note2 = child([*args, str(cache)], 1800, 1800)
@@ -464,7 +469,7 @@ def main(argv: list[str] | None = None) -> None:
     add("--patients", type=int, help="cohort size (default 10,000; --quick 500)")
     add("--quick", action="store_true", help="smoke test: 500 patients, small subsets")
     add("--seed", type=int, default=20240101)
-    add("--chunk", help="engine chunk size or 'auto' (a sweep); default 1000 on CPU, auto on GPU")
+    add("--chunk", help="engine chunk size or 'auto' (a sweep); default 1000 per CPU device, auto on GPU")
     add("--nonstiff", choices=CANDIDATES, help="skip the measured choice of the non-stiff model")
     for flag in ("roadrunner", "scipy", "diffrax", "first-call"):
         add(f"--{flag}", action=argparse.BooleanOptionalAction, default=True)
@@ -475,12 +480,20 @@ def main(argv: list[str] | None = None) -> None:
     add("--json", type=Path, help="write every figure here (after each model)")
     add("--write", type=Path, help="markdown file whose cohort:cpu / cohort:gpu section to replace")
     add("--from-json", type=Path, help="only render a --json file into --write")
-    add("--_first", nargs=5, help=argparse.SUPPRESS)
+    add(
+        "--cpu-devices",
+        type=int,
+        default=0,
+        help="CPU devices the engine splits each chunk over (default 0: one per core; 1: one device)",
+    )
+    add("--_first", nargs=6, help=argparse.SUPPRESS)
     add("--_diffrax", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a._first:
-        name, solver, chunk, seed, cache = a._first
-        return first_call_child(name, solver, int(chunk), int(seed), "" if cache == "-" else cache)
+        name, solver, chunk, seed, devices, cache = a._first
+        return first_call_child(
+            name, solver, int(chunk), int(seed), "" if cache == "-" else cache, int(devices)
+        )
     if a._diffrax:
         return diffrax_child(a._diffrax[0], int(a._diffrax[1]), int(a._diffrax[2]))
     if a.from_json:
@@ -489,6 +502,10 @@ def main(argv: list[str] | None = None) -> None:
 
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # GPU: leave memory to subprocesses
     import jax
+
+    from immunetwin.runtime import use_all_cpu_cores
+
+    use_all_cpu_cores(a.cpu_devices or None)  # before JAX starts: one CPU device per core
     from rich.console import Console
     from rich.table import Table
 
@@ -496,7 +513,7 @@ def main(argv: list[str] | None = None) -> None:
     a.patients = a.patients or (500 if a.quick else 10_000)
     a.scipy_patients = a.scipy_patients or (50 if a.quick else 300)
     a.diffrax_patients = a.diffrax_patients or (50 if a.quick else 10_000 if gpu else 1000)
-    a.chunk = a.chunk or ("auto" if gpu else "1000")
+    a.chunk = a.chunk or ("auto" if gpu else str(1000 * jax.device_count()))  # CPU: 1000 per device
     if a.nonstiff:
         nonstiff, steps, why = a.nonstiff, {}, "given on the command line"
     else:
@@ -512,7 +529,10 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python benchmarks/cohort.py " + shlex.join(sys.argv[1:] if argv is None else argv),
         "method": (f"Cohort: {a.patients:,} patients, 28 days, 29 daily outputs; log-normal CV {CV:.0%} on the "
                    f"first {N_VARIED} estimated parameters (seed {a.seed}); rtol {RTOL:g}, atol {ATOL:g} for every "
-                   "tool; immunetwin timed on warm (compiled) code."),
+                   "tool; immunetwin timed on warm (compiled) code"
+                   + ("." if gpu or jax.device_count() == 1 else
+                      f", each chunk split over {jax.device_count()} CPU devices (one loop per core); the peers run "
+                      "on one core.")),
         "rows": [], "first_calls": [], "agreement": [], "diffrax_compile_s": {}, "targets": [],
     }  # fmt: skip
     con.print(res["nonstiff_reason"])

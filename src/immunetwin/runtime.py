@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import jax
 import platformdirs
 
-__all__ = ["default_cache_dir", "enable_compilation_cache"]
+__all__ = ["default_cache_dir", "enable_compilation_cache", "use_all_cpu_cores"]
 
 
 def default_cache_dir() -> Path:
@@ -25,3 +26,28 @@ def enable_compilation_cache(path: Path) -> Path:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     return path
+
+
+def use_all_cpu_cores(count: int | None = None) -> bool:
+    """Show the CPU to JAX as one device per core, so that a cohort runs on every core.
+
+    XLA runs one solver loop on one thread; :func:`immunetwin.simulate_cohort` splits each chunk of
+    patients over the devices, one loop each. Takes effect only before JAX starts its backends (the
+    first computation or device query) and fixes the count for the process; a GPU backend stays the
+    default and is unaffected.
+
+    Args:
+        count: CPU devices to show; default the cores this process may run on.
+
+    Returns:
+        Whether the setting took effect: False when JAX had already started, or when ``XLA_FLAGS``
+        already sets ``--xla_force_host_platform_device_count`` (the user's choice wins).
+    """
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return False
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        jax.config.update("jax_num_cpu_devices", count or cores)
+    except RuntimeError:  # JAX has started: its device count is fixed for this process
+        return False
+    return True

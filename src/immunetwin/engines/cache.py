@@ -5,7 +5,8 @@ XLA compilation in a new process, but not tracing and lowering, which cost 1-2 s
 model. When that cache is on, the lowered program is also serialised with ``jax.export`` into
 ``<cache>/immunetwin-export/<key>.bin``. The key hashes everything the program depends on: the
 generated model source (identical across processes), the method, the controls, the argument shapes and
-dtypes, the JAX version and the backend. A new process deserialises it and only compiles, which the
+dtypes, the number of devices the patients are split over, the JAX version, the backend and the
+engine's own source files. A new process deserialises it and only compiles, which the
 persistent cache answers. Any failure of this path falls back to plain ``jax.jit``: it can cost time,
 never a wrong answer.
 """
@@ -14,13 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from functools import lru_cache, partial
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import jax
+from jax.sharding import Mesh
 
 from immunetwin.engines.codegen import GeneratedFunctions
 from immunetwin.engines.integrate import Controls
@@ -34,11 +37,21 @@ def _export_dir() -> Path | None:
     return Path(base) / "immunetwin-export" if base else None
 
 
-def _key(fns: GeneratedFunctions, method: AbstractMethod, ctl: Controls, shapes: tuple[Any, ...]) -> str:
-    text = "\n".join(
-        [fns.source, method.name, repr(ctl), repr(shapes), jax.__version__, jax.default_backend()]
-    )
+def _key(
+    fns: GeneratedFunctions, method: AbstractMethod, ctl: Controls, shapes: tuple[Any, ...], shards: int = 1
+) -> str:
+    parts = [fns.source, method.name, repr(ctl), repr(shapes), jax.__version__, jax.default_backend()]
+    text = "\n".join([*parts, f"shards={shards}", _engine_version()])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@lru_cache(maxsize=1)
+def _engine_version() -> str:
+    """A hash of the engine's own source: a program saved by other engine code is never reused."""
+    from immunetwin.engines import codegen, integrate, ode, solvers
+
+    modules = (codegen, integrate, ode, solvers, sys.modules[__name__])
+    return hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in modules)).hexdigest()
 
 
 def _write_atomically(path: Path, blob: bytes) -> None:
@@ -49,36 +62,47 @@ def _write_atomically(path: Path, blob: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _exported(jitted: Callable[..., Any], arrays: Sequence[Any], path: Path) -> Callable[..., Any] | None:
+def _exported(
+    jitted: Callable[..., Any], arrays: Sequence[Any], path: Path, mesh: Mesh | None = None
+) -> Callable[..., Any] | None:
+    """The program read from ``path`` (or exported there first); a program split over the devices of
+    ``mesh`` is called through ``jax.jit`` with its shardings on that mesh. None on any failure."""
     try:
         from jax import export as jax_export
 
         if path.is_file():
-            return jax_export.deserialize(bytearray(path.read_bytes())).call
-        exp = jax_export.export(jitted)(*arrays)
-        _write_atomically(path, bytes(exp.serialize()))
-        return exp.call
+            exp = jax_export.deserialize(bytearray(path.read_bytes()))
+        else:
+            exp = jax_export.export(jitted)(*arrays)
+            _write_atomically(path, bytes(exp.serialize()))
+        if exp.nr_devices != (1 if mesh is None else mesh.size):
+            return None
+        if mesh is None:
+            return exp.call
+        return jax.jit(exp.call, in_shardings=exp.in_shardings_jax(mesh))
     except Exception:  # any failure here only means: compile the usual way
         return None
 
 
 @lru_cache(maxsize=64)
 def _solver(
-    fns: GeneratedFunctions, method: AbstractMethod, ctl: Controls, shapes: tuple[Any, ...]
+    fns: GeneratedFunctions, method: AbstractMethod, ctl: Controls, shapes: tuple[Any, ...], shards: int
 ) -> Callable:
-    from immunetwin.engines.ode import _solve_batch
+    from immunetwin.engines.ode import _mesh, _program
 
-    jitted = jax.jit(partial(_solve_batch, fns, method, ctl))
+    jitted = _program(fns, method, ctl, shards)
     where = _export_dir()
     if where is None:
         return jitted
     arrays = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in shapes]
-    return _exported(jitted, arrays, where / f"{_key(fns, method, ctl, shapes)}.bin") or jitted
+    path = where / f"{_key(fns, method, ctl, shapes, shards)}.bin"
+    return _exported(jitted, arrays, path, _mesh(shards)) or jitted
 
 
 def compiled_solver(
-    fns: GeneratedFunctions, method: AbstractMethod, ctl: Controls, arrays: Sequence[Any]
+    fns: GeneratedFunctions, method: AbstractMethod, ctl: Controls, arrays: Sequence[Any], shards: int = 1
 ) -> Callable[..., Any]:
-    """The batched solver for these arguments' shapes: from memory, from disk, or newly compiled."""
+    """The batched solver for these arguments' shapes, split over ``shards`` devices: from memory,
+    from disk, or newly compiled."""
     shapes = tuple((tuple(a.shape), str(a.dtype)) for a in arrays)
-    return _solver(fns, method, ctl, shapes)
+    return _solver(fns, method, ctl, shapes, shards)

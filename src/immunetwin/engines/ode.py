@@ -18,10 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from immunetwin.engines.cache import compiled_solver
 from immunetwin.engines.codegen import GeneratedFunctions, generate
-from immunetwin.engines.integrate import STATUS, Controls, solve_one
+from immunetwin.engines.integrate import STATUS, Controls, solve_batch, solve_one
 from immunetwin.engines.solvers import AbstractMethod, Rodas5P
 from immunetwin.errors import InputError, SolverError, UnknownIdError
 from immunetwin.spec.model import ModelSpec
@@ -276,6 +277,11 @@ def _one(
 ) -> tuple[Any, Any, Any]:
     y0, c0 = fns.init(d, m, ts[0])
     ys, status, steps = solve_one(fns, method, ctl, y0, c0, trig0, ts, st, sdy, smask, sval)
+    return _observe(fns, ts, ys, c0, st, smask, sval), status, steps
+
+
+def _observe(fns: GeneratedFunctions, ts: Any, ys: Any, c0: Any, st: Any, smask: Any, sval: Any) -> Any:
+    """Every quantity at the output times (T, nq) from one patient's states ``ys`` (T, n)."""
 
     def c_at(t: Any) -> Any:  # constants at output time t (inputs switched at or before t)
         def body(k: int, c: Any) -> Any:
@@ -283,8 +289,7 @@ def _one(
 
         return jax.lax.fori_loop(0, st.shape[0], body, c0)
 
-    obs = jax.vmap(lambda t, y: fns.observe(t, y, c_at(t)))(ts, ys)
-    return obs, status, steps
+    return jax.vmap(lambda t, y: fns.observe(t, y, c_at(t)))(ts, ys)
 
 
 @partial(jax.jit, static_argnames=("fns", "method", "ctl"))
@@ -301,7 +306,42 @@ def _solve_batch(
     smask: Any,
     sval: Any,
 ) -> tuple[Any, Any, Any]:
-    return jax.vmap(partial(_one, fns, method, ctl, trig0, ts))(d, m, st, sdy, smask, sval)
+    """``jax.vmap(_one)`` over patients (axis 0 of d, m, st, ...), computed by one batch-last loop."""
+    y0, c0 = jax.vmap(fns.init, in_axes=(0, 0, None), out_axes=-1)(d, m, ts[0])
+    last = [jnp.moveaxis(x, 0, -1) for x in (st, sdy, smask, sval)]
+    ys, status, steps = solve_batch(fns, method, ctl, y0, c0, trig0, ts, *last)
+    obs = jax.vmap(partial(_observe, fns, ts), in_axes=(0, -1, 0, 0, 0))(ys, c0, st, smask, sval)
+    return obs, status, steps
+
+
+def _program(
+    fns: GeneratedFunctions, method: AbstractMethod, ctl: Controls, shards: int
+) -> Callable[..., Any]:
+    """The jitted solver of one chunk. With ``shards`` > 1 the chunk's patients are split in equal
+    blocks over the first ``shards`` devices (``shard_map``) and each device runs its own loop: on a
+    CPU shown as one device per core (:func:`immunetwin.runtime.use_all_cpu_cores`), one core each."""
+    solve = partial(_solve_batch, fns, method, ctl)
+    mesh = _mesh(shards)
+    if mesh is None:
+        return jax.jit(solve)
+    shared, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("patients"))
+    # no collectives: each block is independent, so the check of which values vary across devices is
+    # off (with it, every loop carry the solver starts from zeros would need a jax.lax.pcast)
+    specs = (shared.spec, shared.spec, *[split.spec] * 6)  # trig0 and ts shared
+    sharded = jax.shard_map(solve, mesh=mesh, in_specs=specs, out_specs=split.spec, check_vma=False)
+    return jax.jit(sharded, in_shardings=(shared, shared, *[split] * 6), out_shardings=split)
+
+
+def _mesh(shards: int) -> Mesh | None:
+    """The first ``shards`` local devices as a one-axis mesh (``"patients"``); None for one device."""
+    return Mesh(np.array(jax.local_devices()[:shards]), ("patients",)) if shards > 1 else None
+
+
+def _shards(batch: int) -> int:
+    """How many devices share a chunk of ``batch`` patients: every device of the default backend
+    (several only on a CPU made to show one device per core, see :func:`immunetwin.runtime`), at most
+    one per patient."""
+    return max(1, min(jax.local_device_count(), batch))
 
 
 def _run(
@@ -318,13 +358,14 @@ def _run(
     trig0 = np.array([e.initial_value for e in model.spec.events], dtype=bool)
     b = d.shape[0]
     chunk = max(1, min(chunk, b))
+    shards = _shards(chunk)
+    chunk = -(-chunk // shards) * shards  # every device gets the same number of patients
     outs, stats, steps = [], [], []
     with jax.enable_x64(True):
         for lo in range(0, b, chunk):
             idx = np.arange(lo, lo + chunk) % b  # pad the last chunk by wrapping (same shapes, one compile)
-            args = [d[idx], m[idx], *(s[idx] for s in stops)]
-            arrays = (jnp.asarray(trig0), jnp.asarray(ts_full), *map(jnp.asarray, args))
-            o, s_, n_ = compiled_solver(model.functions, method, ctl, arrays)(*arrays)
+            arrays = (trig0, ts_full, d[idx], m[idx], *(s[idx] for s in stops))
+            o, s_, n_ = compiled_solver(model.functions, method, ctl, arrays, shards)(*arrays)
             keep = min(chunk, b - lo)
             outs.append(np.asarray(o)[:keep])
             stats.append(np.asarray(s_)[:keep])

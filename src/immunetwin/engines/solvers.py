@@ -31,7 +31,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["ODE", "AbstractMethod", "Dopri5", "ExplicitTableau", "Rodas5", "Rodas5P", "RosenbrockTableau"]
+__all__ = [
+    "ODE",
+    "AbstractMethod",
+    "Dopri5",
+    "ExplicitTableau",
+    "Rodas5",
+    "Rodas5P",
+    "RosenbrockTableau",
+    "dense_jacobian",
+]
 
 Rhs = Callable[[Any, Any, Any], Any]
 
@@ -68,6 +77,18 @@ def jacobian(ode: ODE, t: Any, y: Any, c: Any) -> tuple[dict[tuple[int, int], An
     jac = jax.jacfwd(ode.rhs, argnums=1)(t, y, c)
     _, dfdt = jax.jvp(lambda tt: ode.rhs(tt, y, c), (t,), (jnp.ones_like(t),))
     return {(i, j): jac[i, j] for i in range(n) for j in range(n)}, dfdt
+
+
+def dense_jacobian(rhs: Rhs, n: int) -> tuple[Callable[[Any, Any, Any], tuple[Any, Any]], Any]:
+    """``(jac, pattern)`` for :class:`ODE` by forward-mode autodiff of ``rhs`` with ``n`` states: the
+    dense pattern, for a model whose derivatives sympy cannot write (as :func:`jacobian` does)."""
+
+    def jac(t: Any, y: Any, c: Any) -> tuple[Any, Any]:
+        dfdy = jax.jacfwd(rhs, argnums=1)(t, y, c)
+        _, dfdt = jax.jvp(lambda tt: rhs(tt, y, c), (t,), (jnp.ones_like(t),))
+        return dfdy.reshape(-1), dfdt
+
+    return jac, tuple((i, j) for i in range(n) for j in range(n))
 
 
 def sparse_lu(entries: dict[tuple[int, int], Any], n: int) -> dict[tuple[int, int], Any]:
@@ -110,6 +131,11 @@ def sparse_lu_solve(lu: dict[tuple[int, int], Any], b: Any, n: int) -> Any:
                 x[i] = x[i] - v * x[j]
         x[i] = x[i] / lu[(i, i)]
     return jnp.stack(x) if n else b
+
+
+def _combine(weights: Any, ks: Any) -> Any:
+    """``weights @ ks`` over the stage axis; ``ks`` (stages, n, *batch) may carry trailing batch axes."""
+    return jnp.tensordot(weights, ks, axes=1)
 
 
 @dataclass(frozen=True)
@@ -191,14 +217,14 @@ class _Rosenbrock(AbstractMethod):
             return sparse_lu_solve(lu, b, n)
 
         def stage(i: Any, ks: Any) -> Any:
-            u = y + jnp.asarray(A)[i] @ ks
+            u = y + _combine(jnp.asarray(A)[i], ks)
             f = rhs(t + jnp.asarray(cs)[i] * h, u, c)
-            b = f + jnp.asarray(ds)[i] * h * dfdt + (jnp.asarray(C)[i] @ ks) / h
+            b = f + jnp.asarray(ds)[i] * h * dfdt + _combine(jnp.asarray(C)[i], ks) / h
             return ks.at[i].set(solve(lu, b))
 
-        ks = jax.lax.fori_loop(0, 8, stage, jnp.zeros((8, n), y.dtype))
-        y1 = y + jnp.asarray(A)[8] @ ks
-        return y1, ks[7], jnp.asarray(H) @ ks
+        ks = jax.lax.fori_loop(0, 8, stage, jnp.zeros((8, *y.shape), y.dtype))
+        y1 = y + _combine(jnp.asarray(A)[8], ks)
+        return y1, ks[7], _combine(jnp.asarray(H), ks)
 
     def interpolate(self, y0: Any, y1: Any, dense: Any, theta: Any, h: Any) -> Any:
         th1 = 1.0 - theta
@@ -376,12 +402,12 @@ class _Explicit(AbstractMethod):
             A[i, : len(row)] = row
 
         def stage(i: Any, ks: Any) -> Any:
-            u = y + h * (jnp.asarray(A)[i] @ ks)
+            u = y + h * _combine(jnp.asarray(A)[i], ks)
             return ks.at[i].set(rhs(t + jnp.asarray(tab.c)[i] * h, u, c))
 
-        ks = jax.lax.fori_loop(0, s_, stage, jnp.zeros((s_, y.shape[0]), y.dtype))
-        y1 = y + h * (jnp.asarray(tab.b) @ ks)
-        err = h * (jnp.asarray(tab.b_err) @ ks)
+        ks = jax.lax.fori_loop(0, s_, stage, jnp.zeros((s_, *y.shape), y.dtype))
+        y1 = y + h * _combine(jnp.asarray(tab.b), ks)
+        err = h * _combine(jnp.asarray(tab.b_err), ks)
         return y1, err, jnp.stack([ks[0], ks[-1]])
 
     def interpolate(self, y0: Any, y1: Any, dense: Any, theta: Any, h: Any) -> Any:
