@@ -1,9 +1,9 @@
 """Simulate a model for one patient or a cohort: the engine's public verbs.
 
 ``simulate(model, times, *, parameters, initial, schedule, solver, controls)`` and
-``simulate_cohort(...)`` (the same, vectorised over patients with ``jax.vmap``). Both run in float64
-and return frozen results whose ``status`` says whether each solve succeeded; outputs after a failure
-are NaN *and* flagged by that status, never silently.
+``simulate_cohort(...)`` (the same, vectorised over patients: one batched loop per chunk). Both run in
+float64 and return frozen results whose ``status`` says whether each solve succeeded; outputs after a
+failure are NaN *and* flagged by that status, never silently.
 """
 
 from __future__ import annotations
@@ -338,9 +338,9 @@ def _mesh(shards: int) -> Mesh | None:
 
 
 def _shards(batch: int) -> int:
-    """How many devices share a chunk of ``batch`` patients: every device of the default backend
-    (several only on a CPU made to show one device per core, see :func:`immunetwin.runtime`), at most
-    one per patient."""
+    """How many devices share a chunk of ``batch`` patients: every local device of the default backend
+    (one, unless a CPU shows one device per core: :func:`immunetwin.runtime.use_all_cpu_cores`), at
+    most one per patient."""
     return max(1, min(jax.local_device_count(), batch))
 
 
@@ -438,7 +438,8 @@ def simulate_cohort(
     chunk_size: int = 4096,
     progress: Callable[[int, int], None] | None = None,
 ) -> CohortTrajectory:
-    """Simulate many patients at once (vectorised with ``jax.vmap``, in chunks of ``chunk_size``).
+    """Simulate many patients at once (one batched loop per chunk of ``chunk_size`` patients, the chunk
+    split over the devices when there are several).
 
     ``parameters`` / ``initial`` map ids to arrays with one value per patient (or scalars, shared).
     ``schedule`` is one schedule for all or a sequence with one per patient. ``size`` gives the number
