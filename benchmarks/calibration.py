@@ -82,7 +82,7 @@ _COMPILE_EVENTS = (
 
 def _scale_prior(p: Any) -> Any:
     """``logNormal`` of a log/log10-scaled parameter as the same density of ``theta``."""
-    from immunetwin.calibrate import Prior
+    from immunetwin.inference import Prior
 
     if p.prior is None or p.prior.kind != "logNormal" or p.scale == "lin":
         return p
@@ -93,8 +93,8 @@ def _scale_prior(p: Any) -> Any:
 
 def patient_petab(template: str, folder: Path) -> tuple[Path, Any]:
     """ke01's detected viral loads as a ``template`` problem in PEtab files; returns (yaml, original)."""
-    from immunetwin.calibrate.patient import patient_problem
     from immunetwin.datasets import ke2022_nasal, viral_load_table
+    from immunetwin.inference.patient import patient_problem
     from immunetwin.io.petab import write_petab
     from immunetwin.templates import load_template
 
@@ -180,8 +180,8 @@ def immunetwin_map(yaml_path: Path, a: argparse.Namespace, clock: CompileClock) 
     import jax
     import jax.numpy as jnp
 
-    from immunetwin.calibrate import compile_objective
-    from immunetwin.calibrate.fit import fit_map
+    from immunetwin.inference import compile_objective
+    from immunetwin.inference.fit import fit_map
     from immunetwin.io.petab import read_petab
 
     r: dict[str, Any] = {"tool": "immunetwin"}
@@ -249,8 +249,8 @@ def nuts_child(spec_path: Path) -> None:
     """Run ``sample_posterior`` as ``spec_path`` says and write its figures (the ``--_nuts`` child)."""
     import jax
 
-    from immunetwin.calibrate import compile_objective
-    from immunetwin.calibrate.posterior import sample_posterior
+    from immunetwin.inference import compile_objective
+    from immunetwin.inference.posterior import sample_posterior
     from immunetwin.io.petab import read_petab
     from immunetwin.runtime import enable_compilation_cache
 
@@ -279,7 +279,7 @@ def pypesto_problem(yaml_path: Path, flatten: bool) -> tuple[Any, Any]:
     import pypesto.petab
     from pypesto.objective.roadrunner import SolverOptions
 
-    from immunetwin.calibrate import CALIBRATION_CONTROLS as CTL
+    from immunetwin.inference import CALIBRATION_CONTROLS as CTL
 
     pb = petab.Problem.from_yaml(str(yaml_path))
     if flatten and petab.lint.measurement_table_has_timepoint_specific_mappings(pb.measurement_df):
@@ -395,7 +395,7 @@ def prior_check(original: Any, yaml_path: Path, points: np.ndarray) -> float:
     import jax
     import jax.numpy as jnp
 
-    from immunetwin.calibrate import compile_objective
+    from immunetwin.inference import compile_objective
     from immunetwin.io.petab import read_petab
 
     a, b = compile_objective(original).log_prior, compile_objective(read_petab(yaml_path)).log_prior

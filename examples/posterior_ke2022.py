@@ -39,11 +39,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("out/ke01"))
     args = parser.parse_args()
 
-    from immunetwin.calibrate import compile_objective
-    from immunetwin.calibrate.fit import fit_map
-    from immunetwin.calibrate.patient import patient_problem
-    from immunetwin.calibrate.posterior import sample_posterior
     from immunetwin.datasets import ke2022_nasal, viral_load_table
+    from immunetwin.inference import compile_objective
+    from immunetwin.inference.fit import fit_map
+    from immunetwin.inference.patient import patient_problem
+    from immunetwin.inference.posterior import sample_posterior
     from immunetwin.runtime import default_cache_dir, enable_compilation_cache
     from immunetwin.templates import load_template
 

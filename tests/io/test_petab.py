@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import jax
@@ -12,11 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "calibrate"))
 from decay import decay_problem, decay_truth
-
-from immunetwin.calibrate import compile_objective
 from immunetwin.errors import ProblemError
+from immunetwin.inference import compile_objective
 from immunetwin.io.petab import read_petab, write_petab
 
 
@@ -43,6 +40,30 @@ def test_round_trip_keeps_the_likelihood(exported):
         a = float(jax.jit(compile_objective(original).log_posterior)(theta))
         b = float(jax.jit(compile_objective(again).log_posterior)(theta))
     assert a == pytest.approx(b, rel=1e-12)
+
+
+def test_template_formulas_are_written_in_petab_math(tmp_path):
+    """viral_tiv observes ``log10(max(V, 1e-3))``: sympy would print ``Max``, which PEtab math
+    (and so pyPESTO, COPASI) does not know; the export must write ``max`` and read back the same."""
+    import petab.v1 as petab
+
+    from immunetwin.inference import patient_problem
+    from immunetwin.templates import load_template
+
+    template = load_template("viral_tiv")
+    data = pd.DataFrame({"observable": ["viral_load"] * 3, "time": [1.0, 3.0, 5.0], "value": [2.5, 5.0, 4.0]})
+    problem = patient_problem(template, data, estimate=("beta", "delta"))
+    folder = write_petab(problem, tmp_path / "tiv")
+    table = pd.read_csv(folder.parent / "observables.tsv", sep="\t")
+    formula = table.loc[0, "observableFormula"]
+    assert "max(" in formula and "Max" not in formula, formula
+    assert not petab.lint_problem(petab.Problem.from_yaml(folder))
+    again = read_petab(folder)
+    with jax.enable_x64(True):
+        theta = jnp.asarray(problem.nominal)
+        a = float(jax.jit(compile_objective(problem).log_posterior)(theta))
+        b = float(jax.jit(compile_objective(again).log_posterior)(theta))
+    assert a == pytest.approx(b, rel=1e-10)
 
 
 def test_export_refuses_a_non_empty_folder_and_leaves_it_alone(exported):

@@ -29,7 +29,7 @@ def _problem(source: str, data: Path | None, estimate: list[str] | None):
         return read_petab(source)
     import pandas as pd
 
-    from immunetwin.calibrate.patient import patient_problem
+    from immunetwin.inference.patient import patient_problem
     from immunetwin.templates import load_template
 
     template = load_template(source)
@@ -70,8 +70,8 @@ def fit(
     """
     import jax
 
-    from immunetwin.calibrate import compile_objective
-    from immunetwin.calibrate.fit import fit_map
+    from immunetwin.inference import compile_objective
+    from immunetwin.inference.fit import fit_map
 
     if method not in _METHODS:
         raise InputError(f"--method '{method}': choose one of {', '.join(_METHODS)}")
@@ -107,7 +107,7 @@ def fit(
     }
     posterior = None
     if method != "map":
-        from immunetwin.calibrate.posterior import ConvergenceWarning, laplace, sample_posterior
+        from immunetwin.inference.posterior import ConvergenceWarning, laplace, sample_posterior
 
         key_post = jax.random.fold_in(key, 1)
         with console.status(f"{method}..."), warnings.catch_warnings():

@@ -63,8 +63,8 @@ def run_problem(collection: Path, name: str) -> ProblemResult:
     import jax
     import jax.numpy as jnp
 
-    from immunetwin.calibrate import compile_objective
     from immunetwin.errors import ImmunetwinError
+    from immunetwin.inference import compile_objective
     from immunetwin.io.petab import read_petab
 
     ref = references(collection).get(name, float("nan"))

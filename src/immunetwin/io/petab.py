@@ -1,7 +1,7 @@
 """Read and write PEtab v1 calibration problems (Schmiester et al. 2021, PLoS Comput Biol 17:e1008646).
 
 The ``petab`` library reads the YAML and parses the formulas (``sympify_petab``); this module checks
-every table and turns it into an immutable :class:`immunetwin.calibrate.problem.Problem`. Errors name
+every table and turns it into an immutable :class:`immunetwin.inference.problem.Problem`. Errors name
 the file, the row (as a spreadsheet shows it: the header is row 1) and the column.
 
 Supported: observables with formulas and noise formulas, ``normal`` and ``laplace`` noise,
@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sympy as sp
+from petab.v1.math import petab_math_str
 
-from immunetwin.calibrate.problem import (
+from immunetwin.errors import ImmunetwinError, ProblemError
+from immunetwin.inference.problem import (
     PRIOR_TYPES,
     Condition,
     Measurements,
@@ -32,7 +34,6 @@ from immunetwin.calibrate.problem import (
     Prior,
     Problem,
 )
-from immunetwin.errors import ImmunetwinError, ProblemError
 
 __all__ = ["read_petab", "write_petab"]
 
@@ -445,8 +446,8 @@ def write_petab(problem: Problem, folder: str | Path, *, sbml: str | None = None
                 {
                     "observableId": o.id,
                     "observableName": o.name,
-                    "observableFormula": sp.sstr(o.formula).replace("**", "^"),
-                    "noiseFormula": sp.sstr(o.noise).replace("**", "^"),
+                    "observableFormula": petab_math_str(o.formula),
+                    "noiseFormula": petab_math_str(o.noise),
                     "observableTransformation": o.transformation,
                     "noiseDistribution": o.distribution,
                 }

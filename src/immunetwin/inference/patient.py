@@ -3,7 +3,7 @@
 The template supplies the model, which parameters are personalised (``estimate``), their bounds
 (``range``), priors and scales (``log10`` for positive parameters, as in the template's PEtab
 export), and each observable's formula, noise model and lower limit of detection. The patient supplies
-a table of measurements. The result is an ordinary :class:`~immunetwin.calibrate.problem.Problem`,
+a table of measurements. The result is an ordinary :class:`~immunetwin.inference.problem.Problem`,
 so every method (MAP, NUTS, Laplace, profiles) applies, and
 :func:`immunetwin.io.petab.write_petab` exports it for pyPESTO, COPASI or Data2Dynamics users.
 
@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import sympy as sp
 
-from immunetwin.calibrate.problem import Condition, Measurements, Observable, Parameter, Prior, Problem
 from immunetwin.errors import InputError, ProblemError, UnknownIdError
+from immunetwin.inference.problem import Condition, Measurements, Observable, Parameter, Prior, Problem
 from immunetwin.templates import Template
 from immunetwin.templates.library import petab_prior
 from immunetwin.templates.metadata import parse_expression

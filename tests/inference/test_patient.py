@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from immunetwin.calibrate.patient import patient_problem
 from immunetwin.datasets import ke2022_nasal, viral_load_table
 from immunetwin.errors import ProblemError, UnknownIdError
+from immunetwin.inference.patient import patient_problem
 from immunetwin.templates import load_template
 
 

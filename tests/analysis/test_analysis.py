@@ -24,18 +24,18 @@ import pytest
 import sympy as sp
 from scipy.stats import chi2, norm
 
-from immunetwin.calibrate.analysis import (
+from immunetwin.analysis import (
     compare_models,
     posterior_predictive,
     profile,
     sensitivity,
     tolerance_check,
 )
-from immunetwin.calibrate.fit import fit_map
-from immunetwin.calibrate.likelihood import compile_objective
-from immunetwin.calibrate.problem import Condition, Measurements, Observable, Parameter, Problem
 from immunetwin.engines.integrate import Controls
 from immunetwin.errors import InputError, UnknownIdError
+from immunetwin.inference.fit import fit_map
+from immunetwin.inference.likelihood import compile_objective
+from immunetwin.inference.problem import Condition, Measurements, Observable, Parameter, Problem
 from immunetwin.io import load_model
 from immunetwin.templates import load_template
 

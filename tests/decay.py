@@ -6,7 +6,7 @@ import numpy as np
 import sympy as sp
 
 from immunetwin import load_model
-from immunetwin.calibrate import Condition, Measurements, Observable, Parameter, Prior, Problem
+from immunetwin.inference import Condition, Measurements, Observable, Parameter, Prior, Problem
 
 DECAY = """
 model decay

@@ -11,7 +11,7 @@ The bounded ``theta`` (on the parameter scales) is sampled through an unconstrai
         + \\log \\sigma(u_i) + \\log \\sigma(-u_i)\\big],
 
 with ``l, h`` the problem's bounds and ``σ`` the logistic function. Gradients are the objective's
-forward sensitivities (:func:`~immunetwin.calibrate.likelihood.reverse_differentiable`).
+forward sensitivities (:func:`~immunetwin.inference.likelihood.reverse_differentiable`).
 
 Convergence is judged as Vehtari et al. (2021, Bayesian Analysis 16:667, Section 4) recommend: the
 rank-normalised split R-hat of every parameter at most 1.01, bulk and tail effective sample sizes of
@@ -43,14 +43,14 @@ import pandas as pd
 import xarray as xr
 from numpyro.infer import MCMC, NUTS
 
-from immunetwin.calibrate.likelihood import (
+from immunetwin.errors import InputError
+from immunetwin.inference.likelihood import (
     Objective,
-    _row_log_density,
     forward_value_and_grad,
     reverse_differentiable,
+    row_log_density,
 )
-from immunetwin.calibrate.problem import Problem, from_scale
-from immunetwin.errors import InputError
+from immunetwin.inference.problem import Problem, from_scale
 
 __all__ = ["ConvergenceWarning", "LaplaceFit", "PosteriorFit", "laplace", "sample_posterior"]
 
@@ -213,7 +213,7 @@ def _row_log_likelihood(objective: Objective) -> tuple[Any, np.ndarray]:
 
     def rows(theta: Any) -> Any:
         h, sigma, ok = objective.observables(theta)
-        ll = _row_log_density(y, h[present], sigma[present], tcode[present], lap[present], cens[present])
+        ll = row_log_density(y, h[present], sigma[present], tcode[present], lap[present], cens[present])
         return jnp.where(ok[row_exp[present]], ll, -jnp.inf)
 
     return rows, present
@@ -258,7 +258,7 @@ def _inference_data(
         groups["sample_stats"] = xr.Dataset(
             {k: (("chain", "draw"), v) for k, v in stats.items()}, coords=draw_coords
         )
-    attrs = {"problem": problem.name, "created_by": "immunetwin.calibrate.posterior"}
+    attrs = {"problem": problem.name, "created_by": "immunetwin.inference.posterior"}
     for ds in groups.values():
         ds.attrs.update(attrs)
     return az.InferenceData(**groups)
@@ -325,7 +325,7 @@ def sample_posterior(
     """Draw from the posterior of ``objective`` with NUTS (see the module docstring).
 
     Args:
-        objective: a compiled problem (:func:`~immunetwin.calibrate.compile_objective`).
+        objective: a compiled problem (:func:`~immunetwin.inference.compile_objective`).
         key: ``jax.random.PRNGKey`` for the initial jitter and the sampler.
         chains, draws, warmup: number of chains, kept draws per chain and warm-up iterations
             (step size and mass matrix adaptation) per chain.

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from immunetwin.calibrate import compile_objective, fit_map
+from immunetwin.inference import compile_objective, fit_map
 from immunetwin.io.petab import read_petab
 
 

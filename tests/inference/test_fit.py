@@ -7,12 +7,12 @@ import math
 import jax
 import numpy as np
 import pytest
-from decay import decay_problem
 from scipy.optimize import curve_fit
 
-from immunetwin.calibrate import compile_objective
-from immunetwin.calibrate.fit import fit_map
+from decay import decay_problem
 from immunetwin.errors import InputError
+from immunetwin.inference import compile_objective
+from immunetwin.inference.fit import fit_map
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """A calibration problem compiled to jit-able, differentiable JAX functions of ``theta``.
 
-:func:`compile_objective` turns a :class:`~immunetwin.calibrate.problem.Problem` into an
+:func:`compile_objective` turns a :class:`~immunetwin.inference.problem.Problem` into an
 :class:`Objective`: ``log_likelihood(theta)``, ``log_prior(theta)`` and ``log_posterior(theta)``, all
 pure JAX functions of the estimated parameters on their scales, batched over the problem's
 experiments (one ``jax.vmap`` over conditions) and differentiable.
@@ -28,11 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 import sympy as sp
 
-from immunetwin.calibrate.problem import Problem
 from immunetwin.engines.codegen import compile_expressions, quantity_index
 from immunetwin.engines.integrate import STATUS, Controls, solve_one
 from immunetwin.engines.solvers import AbstractMethod, Rodas5P
 from immunetwin.errors import InputError, UnknownIdError
+from immunetwin.inference.problem import Problem
 
 __all__ = [
     "CALIBRATION_CONTROLS",
@@ -323,14 +323,14 @@ def _log_prior_fn(problem: Problem) -> Callable[[Any], Any]:
 # -- noise models -----------------------------------------------------------------------------------
 
 
-def _transform(x: Any, code: Any) -> Any:
+def to_observation_scale(x: Any, code: Any) -> Any:
     safe = jnp.where(code > 0, jnp.maximum(x, 1e-300), x)
     return jnp.where(code == 0, x, jnp.where(code == 1, jnp.log(safe), jnp.log10(safe)))
 
 
-def _row_log_density(y: Any, h: Any, sigma: Any, tcode: Any, laplace: Any, cens: Any) -> Any:
+def row_log_density(y: Any, h: Any, sigma: Any, tcode: Any, laplace: Any, cens: Any) -> Any:
     """Log density of one measurement (see the module docstring of ``problem``)."""
-    r = _transform(y, tcode) - _transform(h, tcode)
+    r = to_observation_scale(y, tcode) - to_observation_scale(h, tcode)
     normal = -0.5 * _LOG_2PI - jnp.log(sigma) - 0.5 * (r / sigma) ** 2
     lap = -jnp.log(2.0 * sigma) - jnp.abs(r) / sigma
     jac = jnp.where(tcode == 0, 0.0, jnp.where(tcode == 1, -jnp.log(y), -jnp.log(y * _LN10)))
@@ -472,7 +472,7 @@ def compile_objective(
 
     def log_likelihood(theta: Any) -> Any:
         h, sigma, ok = observables(theta)
-        ll = _row_log_density(
+        ll = row_log_density(
             jnp.asarray(y_safe),
             h,
             sigma,

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import minimize
 
-from immunetwin.calibrate.likelihood import Objective
 from immunetwin.errors import InputError
+from immunetwin.inference.likelihood import Objective
 
 __all__ = ["MapFit", "StartResult", "fit_map"]
 
@@ -102,7 +102,7 @@ def fit_map(
     """Maximise the log posterior (or log likelihood, ``prior=False``) from ``starts`` points.
 
     Args:
-        objective: a compiled problem (:func:`~immunetwin.calibrate.compile_objective`).
+        objective: a compiled problem (:func:`~immunetwin.inference.compile_objective`).
         key: ``jax.random.PRNGKey`` for the start points.
         starts: number of local optimisations (the first at the nominal point when
             ``include_nominal``).

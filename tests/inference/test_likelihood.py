@@ -12,8 +12,8 @@ from decay import decay_problem, decay_truth
 from scipy import stats
 
 from immunetwin import Controls
-from immunetwin.calibrate import compile_objective
-from immunetwin.calibrate.likelihood import forward_value_and_grad, reverse_differentiable
+from immunetwin.inference import compile_objective
+from immunetwin.inference.likelihood import forward_value_and_grad, reverse_differentiable
 
 THETA = np.array([math.log10(0.5), 1.0])  # k on log10 scale, scale on lin
 

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import sympy as sp
 
-from immunetwin.calibrate.likelihood import compile_objective
-from immunetwin.calibrate.posterior import ConvergenceWarning, laplace, sample_posterior
-from immunetwin.calibrate.problem import Condition, Measurements, Observable, Parameter, Prior, Problem
 from immunetwin.errors import InputError
+from immunetwin.inference.likelihood import compile_objective
+from immunetwin.inference.posterior import ConvergenceWarning, laplace, sample_posterior
+from immunetwin.inference.problem import Condition, Measurements, Observable, Parameter, Prior, Problem
 from immunetwin.io import load_model
 
 TIMES = np.array([0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0])
