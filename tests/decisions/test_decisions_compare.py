@@ -95,7 +95,9 @@ def test_particles_are_paired_across_scenarios(antiviral_comparison):
 
 def test_equal_weights_agree_with_no_weights_on_simulated_outcomes(antiviral_comparison):
     c = antiviral_comparison
-    kwargs = dict(reference=c.reference, units=c.units, binary=c.binary, timed=c.timed, horizon=c.horizon)
+    higher = [m for m, lower in c.lower_is_better.items() if not lower]
+    kwargs = dict(reference=c.reference, units=c.units, binary=c.binary, timed=c.timed, horizon=c.horizon,
+                  higher_is_better=higher)  # fmt: skip
     again = ScenarioComparison.from_values(c.scenarios, c.values, **kwargs)
     weighted = ScenarioComparison.from_values(
         c.scenarios, c.values, log_weights=np.full(PATIENTS, -2.0), **kwargs
@@ -178,3 +180,10 @@ def test_bad_input_is_refused_before_simulating(viral_immune, parameters, kwargs
     options = {"scenarios": ["none", "antiviral"], "horizon": 10.0} | kwargs
     with pytest.raises(error, match=message):
         compare_scenarios(viral_immune, parameters, options.pop("scenarios"), **options)
+
+
+def test_metric_directions_come_from_the_template_metadata(antiviral_comparison) -> None:
+    """viral_immune says ``lymphocyte_nadir: better: higher``; every other metric is better lower."""
+    better = antiviral_comparison.lower_is_better
+    assert better["lymphocyte_nadir"] is False
+    assert all(better[m] for m in antiviral_comparison.metrics if m != "lymphocyte_nadir")

@@ -122,6 +122,7 @@ INVALID = [
     ("observables.viral_load.formula", "foo(V)", r"observables\.viral_load: .*unknown function"),
     ("outcomes.severe.threshold", _DELETE, r"outcomes\.severe: kind 'exceeds' needs a threshold"),
     ("outcomes.severe.kind", "median", r"outcomes\.severe\.kind: 'median' is not one of"),
+    ("outcomes.severe.better", "sideways", r"outcomes\.severe\.better: 'sideways' is not 'lower' or 'higher'"),
     ("interventions.antiviral.inputs.0.target", "V", r"antiviral\.inputs\.0\.target: 'V' is not a constant"),
     ("interventions.antiviral.inputs.0.value", "strength", r"inputs\.0\.value: 'strength' is not an arg"),
     ("interventions.rechallenge.doses.0.target", "beta", r"doses\.0\.target: 'beta' is not a state"),
@@ -143,6 +144,14 @@ def test_invalid_metadata_names_file_and_key(
     root = make_template(tiny_metadata)
     with pytest.raises(TemplateError, match=message):
         load_template("tiny", root=root)
+
+
+def test_outcome_direction_defaults_to_lower_and_reads_higher(tiny_metadata: dict) -> None:
+    tiny_metadata["outcomes"]["severe"]["better"] = "higher"
+    outcomes = parse_metadata(tiny_metadata, "x").outcomes
+    assert outcomes["severe"].better == "higher"
+    assert all(o.better == "lower" for k, o in outcomes.items() if k != "severe")
+    assert load_template("viral_immune").metadata.outcomes["lymphocyte_nadir"].better == "higher"
 
 
 def test_parse_metadata_message_format(tiny_metadata: dict) -> None:

@@ -105,7 +105,7 @@ def compare_scenarios(
     horizon: float,
     log_weights: object = None,
     reference: str = NO_TREATMENT,
-    higher_is_better: Collection[str] = (),
+    higher_is_better: Collection[str] | None = None,
     level: float = 0.9,
     step: float = 0.1,
     solver: AbstractMethod | None = None,
@@ -127,8 +127,8 @@ def compare_scenarios(
         horizon: simulate days ``0 .. horizon`` from the template's time origin.
         log_weights: ``(S,)`` log importance weights of the particles; ``None`` for equal weights.
         reference: the scenario paired differences are taken against.
-        higher_is_better: metrics for which a larger value is better (e.g. ``lymphocyte_nadir``);
-            all others are better when lower.
+        higher_is_better: metrics for which a larger value is better; ``None`` (default) takes the
+            template's outcome metadata (``better: higher``, e.g. ``lymphocyte_nadir``).
         level: mass of the central credible intervals.
         step: output spacing in days (time-to-event metrics are interpolated between outputs).
         solver, controls: passed to :func:`~immunetwin.engines.ode.simulate_cohort`.
@@ -144,6 +144,8 @@ def compare_scenarios(
     size = next(iter(params.values())).shape[0]
     normalise_log_weights(log_weights, size)  # fail before simulating
     scen = _check_scenarios(_as_scenarios(template, scenarios), reference)
+    if higher_is_better is None:
+        higher_is_better = [k for k, o in template.metadata.outcomes.items() if o.better == "higher"]
     for m in higher_is_better:
         if m not in template.metadata.outcomes:
             raise UnknownIdError("outcome metric (in higher_is_better)", m, tuple(template.metadata.outcomes))

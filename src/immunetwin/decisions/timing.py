@@ -128,7 +128,7 @@ def best_start_day(
     horizon: float,
     log_weights: object = None,
     arguments: Mapping[str, object] | None = None,
-    higher_is_better: Collection[str] = (),
+    higher_is_better: Collection[str] | None = None,
     level: float = 0.9,
     step: float = 0.1,
     solver: AbstractMethod | None = None,

@@ -176,13 +176,16 @@ class InterventionInfo:
 
 @dataclass(frozen=True)
 class OutcomeInfo:
-    """An outcome metric of a trajectory; ``threshold`` is required by ``time_below`` and ``exceeds``."""
+    """An outcome metric of a trajectory; ``threshold`` is required by ``time_below`` and ``exceeds``.
+    ``better`` says which direction is good for the patient (``lower`` unless the metadata says
+    ``higher``, e.g. a lymphocyte nadir)."""
 
     kind: str
     expression: str
     unit: str
     description: str
     threshold: float | None = None
+    better: str = "lower"
 
 
 @dataclass(frozen=True)
@@ -513,7 +516,7 @@ def _intervention(at: _At, raw: object) -> InterventionInfo:
 
 
 def _outcome(at: _At, raw: object) -> OutcomeInfo:
-    entry = _mapping(at, raw, ("kind", "expression", "unit", "description"), ("threshold",))
+    entry = _mapping(at, raw, ("kind", "expression", "unit", "description"), ("threshold", "better"))
     kind = _text(at / "kind", entry["kind"])
     if kind not in OUTCOME_KINDS:
         (at / "kind").fail(f"'{kind}' is not one of {', '.join(OUTCOME_KINDS)}")
@@ -524,7 +527,10 @@ def _outcome(at: _At, raw: object) -> OutcomeInfo:
         at.fail(f"kind '{kind}' needs a threshold")
     threshold = None if threshold is None else _number(at / "threshold", threshold)
     unit, description = _unit(at / "unit", entry["unit"]), _text(at / "description", entry["description"])
-    return OutcomeInfo(kind, expression, unit, description, threshold)
+    better = _text(at / "better", entry.get("better", "lower"))
+    if better not in ("lower", "higher"):
+        (at / "better").fail(f"'{better}' is not 'lower' or 'higher'")
+    return OutcomeInfo(kind, expression, unit, description, threshold, better)
 
 
 _TOP_KEYS = (
