@@ -12,7 +12,7 @@ posterior = sample_posterior(objective, key=jax.random.PRNGKey(1), init=fit.thet
 ```
 """
 
-from immunetwin.inference.fit import MapFit, StartResult, fit_map
+from immunetwin.inference.fit import MapFit, StartResult, fit_map, hessian
 from immunetwin.inference.likelihood import CALIBRATION_CONTROLS, Objective, SteadyState, compile_objective
 from immunetwin.inference.patient import patient_problem
 from immunetwin.inference.posterior import (
@@ -41,6 +41,7 @@ __all__ = [
     "SteadyState",
     "compile_objective",
     "fit_map",
+    "hessian",
     "laplace",
     "patient_problem",
     "sample_posterior",

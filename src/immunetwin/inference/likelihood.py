@@ -97,8 +97,10 @@ class Objective:
     def jitted(self, what: str) -> Callable[[Any], Any]:
         """A jitted function of ``theta``, compiled once per objective and kept (so repeated fits,
         profiles and checks do not trace again): ``"log_likelihood"``, ``"log_posterior"``,
-        ``"log_prior"``, ``"observables"``, ``"value_and_grad"`` (posterior) or
-        ``"value_and_grad_likelihood"``. Call inside ``jax.enable_x64(True)``."""
+        ``"log_prior"``, ``"observables"``, ``"value_and_grad"`` (posterior),
+        ``"value_and_grad_likelihood"`` or ``"batch_terms"`` (``(B, dim) -> (log likelihood (B,),
+        log prior (B,))``: many points in one batched solve, no derivative program to compile).
+        Call inside ``jax.enable_x64(True)``."""
         cache = self.__dict__.setdefault("_jitted", {})
         if what not in cache:
             fns = {
@@ -108,6 +110,7 @@ class Objective:
                 "observables": self.observables,
                 "value_and_grad": forward_value_and_grad(self.log_posterior),
                 "value_and_grad_likelihood": forward_value_and_grad(self.log_likelihood),
+                "batch_terms": jax.vmap(lambda th: (self.log_likelihood(th), self.log_prior(th))),
             }
             if what not in fns:
                 raise InputError(f"unknown objective function '{what}' (known: {', '.join(fns)})")
