@@ -16,13 +16,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## The main job: the flagship template simulated, written as CSV + a self-contained HTML plot.
+## The main job: a viral_immune twin of a real person (Ke 2022, ke01) built from the first swabs, forecast,
+## treatments compared and decided, later swabs assimilated one by one (alerts), report written to $(OUT)/report.html
 demo: $(STAMP)
 	@mkdir -p $(OUT)
-	$(BIN)/immunetwin templates list
-	$(BIN)/immunetwin simulate viral_immune --days 28 --out $(OUT)/viral_immune.csv --plot $(OUT)/viral_immune.html
-	$(BIN)/immunetwin simulate viral_immune --days 28 --set a_T=0.15 --out $(OUT)/viral_immune_weak_cd8.csv
-	@echo "demo done: open $(OUT)/viral_immune.html (trajectory CSV in $(OUT)/viral_immune.csv)"
+	$(BIN)/immunetwin demo --out $(OUT)
 
 ## The test suite (fast cases; `slow` ones run with `make conformance`). Under CI=true, ../shared must exist.
 test: $(STAMP)

@@ -49,11 +49,17 @@ def configure_runtime() -> None:
 
 
 def _register() -> None:
+    from immunetwin.cli import demo as demo_cmd
     from immunetwin.cli import fit as fit_cmd
+    from immunetwin.cli import report as report_cmd
     from immunetwin.cli import simulate as simulate_cmd
+    from immunetwin.cli import twin as twin_cmd
 
     app.command("simulate")(simulate_cmd.simulate)
     app.command("fit")(fit_cmd.fit)
+    app.command("demo")(demo_cmd.demo)
+    app.command("report")(report_cmd.report)
+    app.add_typer(twin_cmd.app, name="twin")
     try:
         from immunetwin.cli.templates import app as templates_app
     except ImportError:  # pragma: no cover - the template CLI is optional while it is being written
