@@ -15,6 +15,7 @@ posterior = sample_posterior(objective, key=jax.random.PRNGKey(1), init=fit.thet
 from immunetwin.inference.fit import MapFit, StartResult, fit_map, hessian
 from immunetwin.inference.likelihood import CALIBRATION_CONTROLS, Objective, SteadyState, compile_objective
 from immunetwin.inference.patient import patient_problem
+from immunetwin.inference.population import PopulationData, PopulationFit, fit_population
 from immunetwin.inference.posterior import (
     ConvergenceWarning,
     LaplaceFit,
@@ -34,6 +35,8 @@ __all__ = [
     "Objective",
     "Observable",
     "Parameter",
+    "PopulationData",
+    "PopulationFit",
     "PosteriorFit",
     "Prior",
     "Problem",
@@ -41,6 +44,7 @@ __all__ = [
     "SteadyState",
     "compile_objective",
     "fit_map",
+    "fit_population",
     "hessian",
     "laplace",
     "patient_problem",
