@@ -60,6 +60,9 @@ def _register() -> None:
     app.command("demo")(demo_cmd.demo)
     app.command("report")(report_cmd.report)
     app.add_typer(twin_cmd.app, name="twin")
+    from immunetwin.cli import service as service_cmd  # serve, users, sites, patients, ingest, stored twins
+
+    service_cmd.register(app, twin_cmd.app)
     try:
         from immunetwin.cli.templates import app as templates_app
     except ImportError:  # pragma: no cover - the template CLI is optional while it is being written

@@ -1,0 +1,3 @@
+"""Fixtures of the service tests: see :mod:`service.fixtures`."""
+
+from service.fixtures import *  # noqa: F403
