@@ -54,7 +54,8 @@ def decided(tiv: Template, twin: Twin):
 @pytest.fixture(scope="module")
 def report(twin: Twin, decided):
     comparison, decision = decided
-    return build_report(twin, horizon=6.0, comparison=comparison, decision=decision)
+    return build_report(twin, horizon=6.0, comparison=comparison, decision=decision,
+                        decision_note="Taken by version 1 <before the last swab>")  # fmt: skip
 
 
 def test_every_section_and_figure_is_there_with_plotly_inlined_once(report, twin: Twin) -> None:
@@ -76,6 +77,7 @@ def test_every_section_and_figure_is_there_with_plotly_inlined_once(report, twin
     assert page.count('class="plotly-graph-div"') == 4  # viral_load, states, parameters, scenarios
     assert twin.provenance in page and twin.history[0].provenance[:16] in page
     assert str(report.decision.action) in page
+    assert "Taken by version 1 &lt;before the last swab&gt;" in page  # shown, and escaped
 
 
 def test_the_patient_id_is_escaped(report) -> None:

@@ -89,7 +89,11 @@ def demo(
             twin = assimilate(twin, row, key=keys[2 + i])
             bar.advance(task)
         bar.update(task, description="writing the report")
-        report = build_report(twin, horizon=14.0, comparison=comparison, decision=decision)
+        note = (f"Taken on day {now:g} by version 1 of the twin (its first {first} swabs), before the later "
+                f"swabs; this report shows version {twin.version}.")  # fmt: skip
+        report = build_report(
+            twin, horizon=14.0, comparison=comparison, decision=decision, decision_note=note
+        )
         path = write_report(report, out / "report.html")
         save_twin(twin, out / "twin.zip")
         bar.advance(task)

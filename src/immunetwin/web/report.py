@@ -175,6 +175,7 @@ def build_report(
     horizon: float = 28.0,
     comparison: ScenarioComparison | None = None,
     decision: Decision | None = None,
+    decision_note: str = "",
     step: float = 0.25,
 ) -> Report:
     """Compute the fit and forecast bands and the verification checks, and render the report.
@@ -183,6 +184,7 @@ def build_report(
         twin: the twin version to report on (its history is shown too).
         horizon: forecast days after the reference time.
         comparison, decision: the scenario comparison and decision to show (optional).
+        decision_note: when and by which version the decision was taken, if not by this one.
         step: grid of the fit bands (days).
 
     Raises:
@@ -214,7 +216,7 @@ def build_report(
         twin=twin, meta=meta, now=datetime.now(UTC).isoformat(timespec="seconds"), horizon=horizon,
         observable_figures=rendered[:n_obs], state_figure=rendered[n_obs], parameter_figure=rendered[n_obs + 1],
         scenario_figure=rendered[n_obs + 2] if comparison is not None else None, comparison=comparison,
-        decision=decision, checks=checks, validation=validation, markup=jinja2.utils.markupsafe.Markup,
+        decision=decision, decision_note=decision_note, checks=checks, validation=validation, markup=jinja2.utils.markupsafe.Markup,
         history_table=_html_table(_history(twin)), belief_table=_html_table(twin.belief.summary()),
         noise_table=_html_table(noise),
         comparison_table=_html_table(comparison.to_frame()) if comparison is not None else "",
