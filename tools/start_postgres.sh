@@ -34,14 +34,8 @@ find_bin() {  # the folder with initdb, pg_ctl and postgres
 }
 
 install_server() {
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "start_postgres.sh: no PostgreSQL server found; install it (Debian: apt-get install postgresql)" >&2
-        exit 1
-    fi
-    echo "start_postgres.sh: installing Debian's postgresql package" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
-    apt-get install -y -qq --no-install-recommends postgresql >&2
+    echo "start_postgres.sh: no PostgreSQL server binaries found" >&2
+    bash "$(dirname "${BASH_SOURCE[0]}")/apt_install.sh" start_postgres.sh postgresql
 }
 
 as_owner() {  # run a server command as the cluster's owner

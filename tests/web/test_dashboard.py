@@ -1,7 +1,7 @@
 """The dashboard through the app (in-process): log in, patient list with alert badges, twin page with
 forecast figure and provenance, a decision, and posting a measurement that queues the twin's update.
 
-A browser test (Playwright driving Debian's Chromium against a real uvicorn server) is still to come.
+The same in a real browser (Playwright driving Debian's Chromium against uvicorn): test_dashboard_browser.py.
 """
 
 from __future__ import annotations
@@ -62,5 +62,8 @@ def test_dashboard_pages_and_posting_a_measurement(api: Api, tiv_twin, tiv_data:
     assert f'id="twin-{twin_id}-version">2<' in api.client.get(f"/patients/{api.world.north.id}").text
     forged = api.client.post(f"/patients/{api.world.north.id}/measurements", data={**form, "csrf": "0" * 32})
     assert forged.status_code == 403
-    assert api.client.get(f"/patients/{api.world.south.id}").status_code == 403
+    refused = api.client.get(f"/patients/{api.world.south.id}")
+    assert refused.status_code == 403 and "text/html" in refused.headers["content-type"]
+    assert '<h1 id="status">403 Forbidden</h1>' in refused.text
+    assert "clin_north has no access to site &#39;south&#39;" in refused.text  # escaped
     assert api.client.get("/static/plotly.min.js").status_code == 200

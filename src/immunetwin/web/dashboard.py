@@ -2,6 +2,9 @@
 forecast bands, alerts, scenario comparison, decision, provenance), and a form to post a measurement
 that queues the twin's update.
 
+A refused request (no access to the patient, no such twin, a bad value) is shown as an HTML page with
+the same status code the REST API gives (:func:`immunetwin.api.errors.status_of`).
+
 Pages are rendered on the server (Jinja2, Plotly figures of :mod:`immunetwin.web.figures`; plotly.js is
 served from the installed plotly package, so nothing is fetched from the internet). The log-in token
 is kept in an ``HttpOnly``, ``SameSite=Strict`` cookie, and every form carries a token derived from it
@@ -13,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,8 +27,10 @@ from urllib.parse import urlencode
 import jinja2
 from fastapi import APIRouter, Depends, FastAPI, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 
 from immunetwin import service
+from immunetwin.api.errors import status_of
 from immunetwin.errors import ImmunetwinError
 from immunetwin.service import AuthenticationError, Principal
 
@@ -51,6 +58,26 @@ class _Pages:
 
     def render(self, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         return HTMLResponse(self.env.get_template(name).render(**context), status_code=status)
+
+
+def _page_route(pages: _Pages) -> type[APIRoute]:
+    """A route class whose refusals (our errors) become an HTML error page with the API's status code."""
+
+    class PageRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def page_or_error(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except ImmunetwinError as err:
+                    status = status_of(err)
+                    return pages.render("error.html.j2", status=status, code=status, error=str(err),
+                                        title=HTTPStatus(status).phrase, user=None)  # fmt: skip
+
+            return page_or_error
+
+    return PageRoute
 
 
 class _LoginRequired(Exception):  # noqa: N818 (a redirect, not an error)
@@ -167,7 +194,7 @@ def twin_context(state: Any, principal: Principal, twin_id: int, weights: str, c
 
 
 def _router(pages: _Pages) -> APIRouter:
-    router = APIRouter(include_in_schema=False)
+    router = APIRouter(include_in_schema=False, route_class=_page_route(pages))
 
     @router.get("/")
     def home() -> RedirectResponse:
