@@ -7,27 +7,50 @@ ImmunetwinError                 every error this package raises on purpose
 │   ├── UnsupportedConstructError  valid SBML the engine refuses (names the construct and element id)
 │   └── UnknownIdError          a parameter / state / target id that the model does not define
 ├── InputError                  a value given by the caller is impossible (NaN, negative time, bad shape)
+│   └── IngestError             a measurement payload (FHIR, CSV) is refused whole: names the JSON path or row/column
 ├── TemplateError               a template folder or its metadata is missing or invalid
 ├── ProblemError                a calibration problem (PEtab files, patient data) is invalid: names file, row, column
-└── SolverError                 a solve failed and the caller asked for `throw=True`
+├── SolverError                 a solve failed and the caller asked for `throw=True`
+├── StorageError                a stored thing is missing, in conflict or damaged
+│   ├── NotFoundError           no site / patient / twin / job / alert / user / token with that key
+│   ├── ConflictError           it exists already, or a job cannot go from its state to that one
+│   └── ChecksumError           a stored twin's bytes do not match their SHA-256
+└── ServiceError                (immunetwin.service) refused for who is asking: AuthenticationError,
+                                PermissionDeniedError
 ```
 
 Messages are one line and name *what* is wrong and *where*, so the CLI can print them as they are.
+The REST API maps them to status codes (:mod:`immunetwin.api.errors`).
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ChecksumError",
+    "ConflictError",
     "ImmunetwinError",
+    "IngestError",
     "InputError",
     "MalformedModelError",
     "ModelError",
+    "NotFoundError",
     "ProblemError",
     "SolverError",
+    "StorageError",
     "TemplateError",
     "UnknownIdError",
     "UnsupportedConstructError",
 ]
+
+
+def _where(place: str, row: int | None, column: str) -> str:
+    """``"place, row 12, column 'time'"`` from the parts that are given (``""`` if none)."""
+    parts = [place] if place else []
+    if row is not None:
+        parts.append(f"row {row}")
+    if column:
+        parts.append(f"column '{column}'")
+    return ", ".join(parts)
 
 
 class ImmunetwinError(Exception):
@@ -77,6 +100,21 @@ class InputError(ImmunetwinError, ValueError):
     """A value passed by the caller is impossible (NaN, negative, wrong shape, unsorted times)."""
 
 
+class IngestError(InputError):
+    """A measurement payload is refused whole; the message names where (JSON path or CSV row/column).
+
+    Attributes:
+        path: the JSON path of the offending field (FHIR), e.g. ``entry[1].resource.valueQuantity.code``.
+        row: the 1-based data row (CSV; the header is not counted), or ``None``.
+        column: the CSV column, or ``""``.
+    """
+
+    def __init__(self, message: str, *, path: str = "", row: int | None = None, column: str = "") -> None:
+        self.path, self.row, self.column = path, row, column
+        self.where = _where(path, row, column)
+        super().__init__(f"{self.where}: {message}" if self.where else message)
+
+
 class TemplateError(ImmunetwinError):
     """A template is missing, or its metadata is invalid."""
 
@@ -89,14 +127,29 @@ class ProblemError(ImmunetwinError, ValueError):
     """
 
     def __init__(self, message: str, *, file: str = "", row: int | None = None, column: str = "") -> None:
-        parts = [file] if file else []
-        if row is not None:
-            parts.append(f"row {row}")
-        if column:
-            parts.append(f"column '{column}'")
-        self.where = ", ".join(parts)
+        self.where = _where(file, row, column)
         super().__init__(f"{self.where}: {message}" if self.where else message)
 
 
 class SolverError(ImmunetwinError):
     """An ODE solve failed and the caller asked for an exception (``throw=True``)."""
+
+
+class StorageError(ImmunetwinError):
+    """A stored thing is missing, in conflict, or damaged."""
+
+
+class NotFoundError(StorageError, LookupError):
+    """No row with that key (the message names the kind and the key)."""
+
+    def __init__(self, kind: str, key: object) -> None:
+        self.kind, self.key = kind, key
+        super().__init__(f"no {kind} {key!r}")
+
+
+class ConflictError(StorageError):
+    """The row exists already, or the change is not allowed from the row's current state."""
+
+
+class ChecksumError(StorageError):
+    """Stored bytes do not match their recorded SHA-256 (the row is damaged)."""

@@ -9,16 +9,15 @@ from typing import Any
 
 import pytest
 
-from immunetwin.errors import InputError
-from immunetwin.io.fhir import (
-    IngestError,
+from immunetwin.errors import IngestError, InputError
+from immunetwin.io.clinical import (
     ObservableCatalogue,
     observable_catalogue,
-    read_fhir,
     reading,
     to_observable_scale,
     ucum_to_pint,
 )
+from immunetwin.io.fhir import read_fhir
 from immunetwin.templates import NoiseModel, ObservableInfo
 
 T0 = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from immunetwin.io.fhir import IngestError, ObservableCatalogue, observable_catalogue, read_fhir
+from immunetwin.errors import IngestError
+from immunetwin.io.clinical import ObservableCatalogue, observable_catalogue
+from immunetwin.io.fhir import read_fhir
 from immunetwin.io.measurements_csv import read_measurements_csv
 
 GOOD = """patient,loinc,observable,value,unit,time

@@ -132,7 +132,7 @@ def tiv_twin(tiv_data: pd.DataFrame) -> Twin:
 
 def store_twin(database: Database, world: World, twin: Twin, data: pd.DataFrame) -> int:
     """Ingest ``data`` (N1's early rows) and store ``twin`` as version 1 of a new N1 twin; its id."""
-    from immunetwin.io.fhir import observable_catalogue
+    from immunetwin.io.clinical import observable_catalogue
 
     with database.transaction() as session:
         storage.ingest_csv(session, csv_text("N1", data), observable_catalogue("viral_tiv"), site="north")

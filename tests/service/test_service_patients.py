@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from immunetwin import service, storage
-from immunetwin.io.fhir import IngestError
+from immunetwin.errors import IngestError
 from immunetwin.service import PermissionDeniedError
 from immunetwin.storage import Database
 from service.fixtures import World

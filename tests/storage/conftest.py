@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from immunetwin.io.fhir import ObservableCatalogue, observable_catalogue
+from immunetwin.io.clinical import ObservableCatalogue, observable_catalogue
 from immunetwin.storage import Database, open_database, sqlite_url, upgrade_to_head
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from fhir_examples import T0
 
-from immunetwin.io.fhir import ClinicalMeasurement
+from immunetwin.io.clinical import ClinicalMeasurement
 from immunetwin.storage import (
     Database,
     add_site,

@@ -2,7 +2,7 @@
 
 Whatever the payload, ingest either stores it whole (the row count grows by exactly what it reports
 inserted, and inserted + duplicates is the number of measurements) or raises
-:class:`~immunetwin.io.fhir.IngestError` and the row count is unchanged. Any other exception is a bug.
+:class:`~immunetwin.errors.IngestError` and the row count is unchanged. Any other exception is a bug.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
-from immunetwin.io.fhir import IngestError, ObservableCatalogue
+from immunetwin.errors import IngestError
+from immunetwin.io.clinical import ObservableCatalogue
 from immunetwin.storage import Database, IngestResult, add_site, count_measurements, ingest_csv, ingest_fhir
 
 FUZZ = settings(

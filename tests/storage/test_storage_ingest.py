@@ -7,7 +7,8 @@ import json
 import pytest
 from fhir_examples import bundle, observation
 
-from immunetwin.io.fhir import IngestError, ObservableCatalogue
+from immunetwin.errors import IngestError
+from immunetwin.io.clinical import ObservableCatalogue
 from immunetwin.storage import (
     Database,
     NotFoundError,

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from immunetwin.errors import InputError
-from immunetwin.io.fhir import ClinicalMeasurement
+from immunetwin.io.clinical import ClinicalMeasurement
 from immunetwin.storage import (
     ChecksumError,
     ConflictError,

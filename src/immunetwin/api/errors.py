@@ -21,8 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 
-from immunetwin.errors import ImmunetwinError
-from immunetwin.io.fhir import IngestError
+from immunetwin.errors import ImmunetwinError, IngestError
 from immunetwin.service.errors import AuthenticationError, PermissionDeniedError
 from immunetwin.storage import ChecksumError, ConflictError, NotFoundError
 

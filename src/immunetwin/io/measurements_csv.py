@@ -13,8 +13,8 @@ One row per measurement, with a header. Columns (names are case-sensitive; other
 ``censored``  optional: ``true``/``false`` (``true``: the value is a limit the result was below)
 ============  =========================================================================================
 
-Units, censoring and the limit of detection follow :mod:`immunetwin.io.fhir`. A bad file raises one
-:class:`~immunetwin.io.fhir.IngestError` naming the data row (1-based, header not counted) and column;
+Units, censoring and the limit of detection follow :mod:`immunetwin.io.clinical`. A bad file raises one
+:class:`~immunetwin.errors.IngestError` naming the data row (1-based, header not counted) and column;
 nothing is returned for the rest of the file.
 """
 
@@ -28,9 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from immunetwin.io.fhir import (
+from immunetwin.errors import IngestError
+from immunetwin.io.clinical import (
     ClinicalMeasurement,
-    IngestError,
     ObservableCatalogue,
     UnitMismatchError,
     payload_sha256,

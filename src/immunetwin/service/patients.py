@@ -14,8 +14,8 @@ from datetime import datetime
 from typing import Literal
 
 from immunetwin import storage
-from immunetwin.errors import ImmunetwinError, InputError
-from immunetwin.io.fhir import IngestError, ObservableCatalogue, observable_catalogue
+from immunetwin.errors import ImmunetwinError, IngestError, InputError
+from immunetwin.io.clinical import ObservableCatalogue, observable_catalogue
 from immunetwin.service.auth import Principal, check_patient, require
 from immunetwin.service.errors import PermissionDeniedError
 from immunetwin.service.twinstore import TwinCache
@@ -133,7 +133,7 @@ def ingest(
 
     Idempotent: a measurement stored before is counted as a duplicate. The payload is parsed whole
     before anything is written, and written in one transaction together with one audit entry per
-    patient, so a refused payload (an :class:`~immunetwin.io.fhir.IngestError` naming the field) leaves
+    patient, so a refused payload (an :class:`~immunetwin.errors.IngestError` naming the field) leaves
     nothing behind.
 
     Args:

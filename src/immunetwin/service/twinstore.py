@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from immunetwin.errors import InputError
-from immunetwin.io.fhir import ObservableCatalogue, observable_catalogue
+from immunetwin.io.clinical import ObservableCatalogue, observable_catalogue
 from immunetwin.storage import MeasurementRecord, PatientRecord, TwinVersionRecord
 from immunetwin.templates import Template
 from immunetwin.twin import Twin, load_twin, save_twin

@@ -5,7 +5,7 @@ small repository functions that take a session in the caller's transaction and r
 
 ```python
 from immunetwin.storage import open_database, upgrade_to_head, add_site, add_patient, ingest_fhir
-from immunetwin.io.fhir import observable_catalogue
+from immunetwin.io.clinical import observable_catalogue
 
 db = open_database("sqlite:///twins.db")          # or "postgresql://user@host/immunetwin"
 upgrade_to_head(db)
@@ -17,11 +17,12 @@ with db.transaction() as session:
 ```
 
 Errors: :class:`NotFoundError`, :class:`ConflictError`, :class:`ChecksumError` (all
-:class:`StorageError`); a refused payload is an :class:`~immunetwin.io.fhir.IngestError`.
+:class:`StorageError`); a refused payload is an :class:`~immunetwin.errors.IngestError`.
 """
 
 from __future__ import annotations
 
+from immunetwin.errors import ChecksumError, ConflictError, NotFoundError, StorageError
 from immunetwin.storage.audit import list_audit, record_audit
 from immunetwin.storage.database import (
     Database,
@@ -61,14 +62,10 @@ from immunetwin.storage.patients import (
 from immunetwin.storage.records import (
     AlertRecord,
     AuditRecord,
-    ChecksumError,
-    ConflictError,
     JobRecord,
     MeasurementRecord,
-    NotFoundError,
     PatientRecord,
     SiteRecord,
-    StorageError,
     TokenRecord,
     TwinRecord,
     TwinVersionRecord,

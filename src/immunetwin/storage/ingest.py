@@ -7,7 +7,7 @@ with db.transaction() as session:
 ```
 
 Parsing finishes before anything is written, and writing happens in one transaction, so a bad payload
-leaves the database as it was (the :class:`~immunetwin.io.fhir.IngestError` names the field). A
+leaves the database as it was (the :class:`~immunetwin.errors.IngestError` names the field). A
 measurement stored before (same patient, observable, time and value) is counted as a duplicate.
 """
 
@@ -21,7 +21,9 @@ from typing import Any, TextIO
 
 from sqlalchemy.orm import Session
 
-from immunetwin.io.fhir import ClinicalMeasurement, IngestError, ObservableCatalogue, read_fhir
+from immunetwin.errors import IngestError
+from immunetwin.io.clinical import ClinicalMeasurement, ObservableCatalogue
+from immunetwin.io.fhir import read_fhir
 from immunetwin.io.measurements_csv import read_measurements_csv
 from immunetwin.storage.patients import add_measurements, ensure_patient, find_patient, get_site
 from immunetwin.storage.records import PatientRecord

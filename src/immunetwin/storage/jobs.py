@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from immunetwin.errors import InputError
+from immunetwin.errors import ConflictError, InputError, NotFoundError
 from immunetwin.storage._common import now_or
-from immunetwin.storage.records import AlertRecord, ConflictError, JobRecord, NotFoundError
+from immunetwin.storage.records import AlertRecord, JobRecord
 from immunetwin.storage.tables import JOB_STATES, SEVERITIES, AlertRow, JobRow
 
 __all__ = [

@@ -14,16 +14,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from immunetwin.errors import InputError
-from immunetwin.io.fhir import ClinicalMeasurement
+from immunetwin.errors import ConflictError, InputError, NotFoundError
+from immunetwin.io.clinical import ClinicalMeasurement
 from immunetwin.storage._common import aware, insert_ignoring, now_or
-from immunetwin.storage.records import (
-    ConflictError,
-    MeasurementRecord,
-    NotFoundError,
-    PatientRecord,
-    SiteRecord,
-)
+from immunetwin.storage.records import MeasurementRecord, PatientRecord, SiteRecord
 from immunetwin.storage.tables import MeasurementRow, PatientRow, SiteRow
 
 __all__ = [

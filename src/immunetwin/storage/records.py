@@ -1,12 +1,7 @@
 """What the repositories return: frozen values, detached from the session that read them.
 
-Errors of the storage layer live here too::
-
-    ImmunetwinError
-    └── StorageError                 a stored thing is missing, in conflict or damaged
-        ├── NotFoundError            no site / patient / twin / job / user / token with that key
-        ├── ConflictError            it exists already, or a job cannot go from its state to that one
-        └── ChecksumError            a stored twin's bytes do not match their SHA-256
+The storage layer's errors (:class:`~immunetwin.errors.StorageError` and below) are defined in
+:mod:`immunetwin.errors` and re-exported here and by :mod:`immunetwin.storage`.
 """
 
 from __future__ import annotations
@@ -15,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from immunetwin.errors import ImmunetwinError
+from immunetwin.errors import ChecksumError, ConflictError, NotFoundError, StorageError
 
 __all__ = [
     "AlertRecord",
@@ -33,26 +28,6 @@ __all__ = [
     "TwinVersionRecord",
     "UserRecord",
 ]
-
-
-class StorageError(ImmunetwinError):
-    """A stored thing is missing, in conflict, or damaged."""
-
-
-class NotFoundError(StorageError, LookupError):
-    """No row with that key (the message names the kind and the key)."""
-
-    def __init__(self, kind: str, key: object) -> None:
-        self.kind, self.key = kind, key
-        super().__init__(f"no {kind} {key!r}")
-
-
-class ConflictError(StorageError):
-    """The row exists already, or the change is not allowed from the row's current state."""
-
-
-class ChecksumError(StorageError):
-    """Stored bytes do not match their recorded SHA-256 (the row is damaged)."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +53,7 @@ class PatientRecord:
 
 @dataclass(frozen=True)
 class MeasurementRecord:
-    """A stored measurement (see :class:`immunetwin.io.fhir.ClinicalMeasurement` for the fields).
+    """A stored measurement (see :class:`immunetwin.io.clinical.ClinicalMeasurement` for the fields).
 
     ``day`` is the time in days after the patient's reference time, or ``None`` when that is unknown.
     """

@@ -15,15 +15,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from immunetwin.errors import InputError
+from immunetwin.errors import ChecksumError, ConflictError, InputError, NotFoundError
 from immunetwin.storage._common import aware, now_or
-from immunetwin.storage.records import (
-    ChecksumError,
-    ConflictError,
-    NotFoundError,
-    TwinRecord,
-    TwinVersionRecord,
-)
+from immunetwin.storage.records import TwinRecord, TwinVersionRecord
 from immunetwin.storage.tables import PatientRow, TwinRow, TwinVersionRow
 
 __all__ = ["create_twin", "get_twin", "list_twins", "load_twin_version", "save_twin_version", "twin_history"]

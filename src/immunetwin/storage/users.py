@@ -18,9 +18,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from immunetwin.errors import InputError
+from immunetwin.errors import ConflictError, InputError, NotFoundError
 from immunetwin.storage._common import aware, insert_ignoring, now_or
-from immunetwin.storage.records import ConflictError, NotFoundError, TokenRecord, UserRecord
+from immunetwin.storage.records import TokenRecord, UserRecord
 from immunetwin.storage.tables import ApiTokenRow, RoleRow, SiteMembershipRow, SiteRow, UserRoleRow, UserRow
 
 __all__ = [

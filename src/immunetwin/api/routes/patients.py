@@ -16,8 +16,7 @@ from immunetwin.api.schemas import (
     PatientUpdate,
 )
 from immunetwin.api.state import CurrentUser, Id, Service
-from immunetwin.errors import InputError
-from immunetwin.io.fhir import IngestError
+from immunetwin.errors import IngestError, InputError
 
 __all__ = ["router"]
 
