@@ -60,6 +60,9 @@ def _register() -> None:
     app.command("demo")(demo_cmd.demo)
     app.command("report")(report_cmd.report)
     app.add_typer(twin_cmd.app, name="twin")
+    from immunetwin.cli import trial as trial_cmd
+
+    app.add_typer(trial_cmd.app, name="trial")
     from immunetwin.cli import service as service_cmd  # serve, users, sites, patients, ingest, stored twins
 
     service_cmd.register(app, twin_cmd.app)

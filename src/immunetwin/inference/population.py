@@ -416,6 +416,13 @@ class PopulationFit:
         names = [n for n in ("mu", "omega", "sigma") if n in self.posterior.posterior]
         return az.summary(self.posterior, var_names=names)
 
+    def draws(self, name: str) -> np.ndarray:
+        """Posterior draws of a variable (``mu``, ``omega``, ``theta``, ...) with chains and draws
+        stacked first: (S, ...); ``mu`` and ``omega`` are (S, len(random)) on the log scale."""
+        if name not in self.posterior.posterior:
+            raise UnknownIdError("posterior variable", name, tuple(self.posterior.posterior.data_vars))
+        return self._draws(name)
+
     def _draws(self, name: str) -> np.ndarray:
         """Draws of a variable with chains and draws stacked first: (S, ...)."""
         values = np.asarray(self.posterior.posterior[name].values)
