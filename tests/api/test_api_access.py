@@ -73,6 +73,7 @@ ENDPOINTS = (
     Endpoint("GET", "/api/jobs/{job}", "twins:read"),
     Endpoint("POST", "/api/jobs/{job}/cancel", "twins:write"),
     Endpoint("GET", "/api/alerts?patient_id={patient}", "patients:read"),
+    Endpoint("GET", "/api/alerts/{alert}", "patients:read"),
     Endpoint("POST", "/api/alerts/{alert}/acknowledge", "alerts:acknowledge"),
 )
 GLOBAL = (  # not about one patient: (method, path, permission, success code, body)
@@ -179,7 +180,13 @@ def test_lists_show_only_the_users_sites(api: Api) -> None:
 
 def test_unknown_ids_are_404_and_bad_tokens_401(api: Api) -> None:
     admin = api.as_("admin")
-    for path in ("/api/patients/999", "/api/twins/999", "/api/jobs/999", "/api/templates/nope"):
+    for path in (
+        "/api/patients/999",
+        "/api/twins/999",
+        "/api/jobs/999",
+        "/api/alerts/999",
+        "/api/templates/nope",
+    ):
         assert api.client.get(path, headers=admin).status_code == 404, path
     assert api.client.post("/api/alerts/999/acknowledge", headers=admin).status_code == 404
     response = api.client.get("/api/me", headers={"Authorization": "Bearer itw_forged"})

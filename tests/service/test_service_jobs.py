@@ -122,3 +122,25 @@ def test_the_dask_runner_runs_jobs_on_a_local_cluster(db: Database, world: World
         runner.close()
     assert service.get_job(db, clinician, job.id).state == "done"
     assert service.get_job(db, world.principals["admin"], failing.id).state == "failed"
+
+
+def test_an_alert_is_shown_only_to_users_of_its_site_and_audited(db: Database, world: World) -> None:
+    with db.transaction() as session:
+        alert = storage.add_alert(
+            session, world.north.id, "viral_load above the band", observable="viral_load"
+        )
+    p = world.principals
+    for user in ("clin_north", "mod_north", "admin"):
+        assert service.get_alert(db, p[user], alert.id) == alert, user
+    for user in ("clin_south", "nobody_north"):
+        with pytest.raises(PermissionDeniedError):
+            service.get_alert(db, p[user], alert.id)
+    with pytest.raises(storage.NotFoundError, match="no alert"):
+        service.get_alert(db, p["admin"], alert.id + 1)
+    with db.transaction() as session:
+        reads = [e for e in storage.list_audit(session, patient_id=world.north.id) if e.resource == "alert"]
+    assert [(e.actor, e.action, e.detail) for e in reads] == [
+        (user, "read", f"alert {alert.id}") for user in ("clin_north", "mod_north", "admin")
+    ]
+    seen = service.acknowledge_alert(db, p["clin_north"], alert.id)
+    assert service.get_alert(db, p["mod_north"], alert.id) == seen and seen.acknowledged_by == "clin_north"

@@ -32,6 +32,7 @@ from immunetwin.storage import (
     create_twin,
     ensure_patient,
     find_patient,
+    get_alert,
     get_job,
     get_patient,
     get_site,
@@ -238,8 +239,15 @@ def test_alerts(patient_db: Database) -> None:
         assert acknowledge_alert(s, first.id, "dave").acknowledged_by == "carol"
         assert [a.id for a in list_alerts(s, p.id)] == [second.id, first.id]
         assert [a.id for a in list_alerts(s, p.id, open_only=True)] == [second.id]
+        assert get_alert(s, first.id) == seen and get_alert(s, second.id) == second
+        assert (get_alert(s, second.id).severity, get_alert(s, second.id).acknowledged_at) == (
+            "critical",
+            None,
+        )
         with pytest.raises(NotFoundError):
             acknowledge_alert(s, 999, "x")
+        with pytest.raises(NotFoundError, match="no alert 999"):
+            get_alert(s, 999)
 
 
 def test_users_roles_sites_and_passwords(patient_db: Database) -> None:

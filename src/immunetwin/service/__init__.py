@@ -36,6 +36,7 @@ from immunetwin.service.errors import AuthenticationError, PermissionDeniedError
 from immunetwin.service.jobs import (
     acknowledge_alert,
     cancel_job,
+    get_alert,
     get_job,
     job_report_path,
     list_alerts,
@@ -94,6 +95,7 @@ __all__ = [
     "decide_twin",
     "execute_job",
     "forecast_twin",
+    "get_alert",
     "get_job",
     "get_patient",
     "get_twin",

@@ -19,6 +19,7 @@ from immunetwin.storage import AlertRecord, Database, JobRecord, PatientRecord
 __all__ = [
     "acknowledge_alert",
     "cancel_job",
+    "get_alert",
     "get_job",
     "job_report_path",
     "list_alerts",
@@ -124,12 +125,20 @@ def list_alerts(db: Database, principal: Principal, *, patient_id: int | None = 
     return visible
 
 
+def get_alert(db: Database, principal: Principal, alert_id: int) -> AlertRecord:
+    """One alert, if the user may see its patient (audited read)."""
+    with db.transaction() as session:
+        alert = storage.get_alert(session, alert_id)
+        patient = storage.get_patient(session, alert.patient_id)
+        check_patient(principal, patient, "patients:read")
+        storage.record_audit(session, actor=principal.actor, action="read", resource="alert", patient=patient, detail=f"alert {alert_id}")  # fmt: skip
+    return alert
+
+
 def acknowledge_alert(db: Database, principal: Principal, alert_id: int) -> AlertRecord:
     """Mark an alert seen by the acting user."""
     with db.transaction() as session:
-        alert = next((a for a in storage.list_alerts(session) if a.id == alert_id), None)
-        if alert is None:
-            raise storage.NotFoundError("alert", alert_id)
+        alert = storage.get_alert(session, alert_id)
         patient = storage.get_patient(session, alert.patient_id)
         check_patient(principal, patient, "alerts:acknowledge")
         alert = storage.acknowledge_alert(session, alert_id, principal.actor)

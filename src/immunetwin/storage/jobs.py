@@ -25,6 +25,7 @@ __all__ = [
     "acknowledge_alert",
     "add_alert",
     "create_job",
+    "get_alert",
     "get_job",
     "list_alerts",
     "list_jobs",
@@ -176,6 +177,18 @@ def add_alert(
     )  # fmt: skip
     session.add(row)
     session.flush()
+    return _alert(row)
+
+
+def get_alert(session: Session, alert_id: int) -> AlertRecord:
+    """One alert by id.
+
+    Raises:
+        NotFoundError: no such alert.
+    """
+    row = session.get(AlertRow, alert_id)
+    if row is None:
+        raise NotFoundError("alert", alert_id)
     return _alert(row)
 
 

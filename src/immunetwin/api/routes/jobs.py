@@ -61,6 +61,12 @@ def list_alerts(
     return [AlertPublic.model_validate(a) for a in alerts]
 
 
+@router.get("/alerts/{alert_id}", response_model=AlertPublic, tags=["alerts"])
+def get_alert(state: Service, principal: CurrentUser, alert_id: Id) -> AlertPublic:
+    """One alert of a patient the user may see."""
+    return AlertPublic.model_validate(service.get_alert(state.db, principal, alert_id))
+
+
 @router.post("/alerts/{alert_id}/acknowledge", response_model=AlertPublic, tags=["alerts"])
 def acknowledge(state: Service, principal: CurrentUser, alert_id: Id) -> AlertPublic:
     """Mark an alert seen."""
