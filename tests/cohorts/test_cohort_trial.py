@@ -104,6 +104,20 @@ def test_results_do_not_depend_on_chunks_or_workers(tiv: Template) -> None:
         assert np.array_equal(ref.steps, other.steps)
 
 
+def test_an_external_scheduler_gives_the_same_results(tiv: Template) -> None:
+    from distributed import LocalCluster
+
+    pop = sample_population(tiv, 12, key=3)
+    work = Work("viral_tiv", ("none", "antiviral(start=2)"), horizon=12.0, step=0.1)
+    ref = run_chunks(work, pop.parameters, chunk_size=12)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        ext = run_chunks(
+            work, pop.parameters, chunk_size=5, executor=DaskCluster(address=cluster.scheduler_address)
+        )
+    for k in ref.outcomes:
+        assert np.array_equal(ref.outcomes[k], ext.outcomes[k], equal_nan=True), k
+
+
 def test_a_whole_trial_is_identical_on_one_or_four_workers(tmp_path: Path) -> None:
     spec = _spec()
     one = run_trial(spec)

@@ -172,3 +172,21 @@ def test_cpu_cores_are_set_only_before_jax_starts(monkeypatch):
     assert use_all_cpu_cores() is False
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
     assert use_all_cpu_cores() is False
+
+
+def test_a_cohort_can_return_only_some_outputs() -> None:
+    from immunetwin.errors import InputError, UnknownIdError
+
+    model = it.load_model("model m\n  x = 2\n  x' = -k*x\n  y := 3*x\n  z' = x\n  z = 0\n  k = 0.7\nend\n")
+    times = np.linspace(0.0, 2.0, 5)
+    full = it.simulate_cohort(model, times, parameters={"k": np.array([0.5, 1.0, 2.0])})
+    some = it.simulate_cohort(
+        model, times, parameters={"k": np.array([0.5, 1.0, 2.0])}, outputs=["y", "x", "y"]
+    )
+    assert some.ids == ("y", "x") and some.values.shape == (3, 5, 2)
+    np.testing.assert_array_equal(some["y"], full["y"])
+    np.testing.assert_array_equal(some["x"], full["x"])
+    with pytest.raises(UnknownIdError, match="w"):
+        it.simulate_cohort(model, times, parameters={"k": np.array([0.5])}, outputs=["w"])
+    with pytest.raises(InputError, match="non-empty sequence"):
+        it.simulate_cohort(model, times, parameters={"k": np.array([0.5])}, outputs="x")

@@ -19,7 +19,7 @@ def test_exported_solver_round_trips_through_disk(tmp_path):
         d, m = ode._declared(model, {"k": np.array([0.5, 1.0])}, 2)
         stops = ode._stops(model, [it.Schedule()] * 2, model.spec.constants)
         arrays = (jnp.zeros((0,), bool), jnp.linspace(0.0, 2.0, 5), *map(jnp.asarray, (d, m, *stops)))
-        jitted = jax.jit(partial(ode._solve_batch, model.functions, method, ctl))
+        jitted = jax.jit(partial(ode._solve_batch, model.functions, method, ctl, None))
         path = tmp_path / "solver.bin"
         written = cache._exported(jitted, arrays, path)
         assert written is not None and path.is_file()

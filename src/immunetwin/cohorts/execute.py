@@ -162,11 +162,11 @@ def run_chunk(work: Work, parameters: Mapping[str, np.ndarray], pad_to: int = 0)
     cohort = simulate_cohort(
         template.model, times, parameters={k: np.repeat(np.asarray(v, float), a) for k, v in parameters.items()},
         schedule=schedules * n, solver=SOLVERS[work.solver](), controls=Controls(rtol=work.rtol, atol=work.atol),
-        chunk_size=n * a,
+        chunk_size=n * a, outputs=template.required_ids([p.observable for p in work.probes]),
     )  # fmt: skip
     ok = np.asarray(cohort.ok)
     outcomes = {k: np.where(ok, np.asarray(v, float), np.nan).reshape(n, a) for k, v in template.outcomes(cohort).items()}  # fmt: skip
-    observed = template.observe(cohort) if work.probes else {}
+    observed = template.observe(cohort, [p.observable for p in work.probes]) if work.probes else {}
     probes = np.stack([_read(observed[p.observable], times, p.day) for p in work.probes], axis=-1) if work.probes else np.zeros((n * a, 0))  # fmt: skip
     probes = np.where(ok[:, None], probes, np.nan)
     steps = np.asarray(cohort.steps).reshape(n, a)

@@ -33,9 +33,16 @@ __all__ = ["Constraint", "Match", "VirtualPopulation", "quantity", "rng_from_key
 
 def rng_from_key(key: Any) -> np.random.Generator:
     """A NumPy generator seeded by a JAX key (or an int seed): host-side, so the same on any device."""
-    from immunetwin.twin.twin import key_data
+    if isinstance(key, int | np.integer):
+        data: tuple[int, ...] = (int(key),)
+    else:
+        import jax
 
-    data = (int(key),) if isinstance(key, int | np.integer) else key_data(key)
+        try:
+            raw = jax.random.key_data(key)
+        except (TypeError, ValueError):
+            raw = key  # an old-style uint32 key array
+        data = tuple(int(x) for x in np.asarray(raw).ravel())
     return np.random.default_rng(np.random.SeedSequence([abs(x) for x in data]))
 
 

@@ -38,10 +38,15 @@ def _export_dir() -> Path | None:
 
 
 def _key(
-    fns: GeneratedFunctions, method: AbstractMethod, ctl: Controls, shapes: tuple[Any, ...], shards: int = 1
+    fns: GeneratedFunctions,
+    method: AbstractMethod,
+    ctl: Controls,
+    shapes: tuple[Any, ...],
+    shards: int = 1,
+    columns: tuple[int, ...] | None = None,
 ) -> str:
     parts = [fns.source, method.name, repr(ctl), repr(shapes), jax.__version__, jax.default_backend()]
-    text = "\n".join([*parts, f"shards={shards}", _engine_version()])
+    text = "\n".join([*parts, f"shards={shards}", f"columns={columns}", _engine_version()])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -86,23 +91,34 @@ def _exported(
 
 @lru_cache(maxsize=64)
 def _solver(
-    fns: GeneratedFunctions, method: AbstractMethod, ctl: Controls, shapes: tuple[Any, ...], shards: int
+    fns: GeneratedFunctions,
+    method: AbstractMethod,
+    ctl: Controls,
+    shapes: tuple[Any, ...],
+    shards: int,
+    columns: tuple[int, ...] | None,
 ) -> Callable:
     from immunetwin.engines.ode import _mesh, _program
 
-    jitted = _program(fns, method, ctl, shards)
+    jitted = _program(fns, method, ctl, shards, columns)
     where = _export_dir()
     if where is None:
         return jitted
     arrays = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in shapes]
-    path = where / f"{_key(fns, method, ctl, shapes, shards)}.bin"
+    path = where / f"{_key(fns, method, ctl, shapes, shards, columns)}.bin"
     return _exported(jitted, arrays, path, _mesh(shards)) or jitted
 
 
 def compiled_solver(
-    fns: GeneratedFunctions, method: AbstractMethod, ctl: Controls, arrays: Sequence[Any], shards: int = 1
+    fns: GeneratedFunctions,
+    method: AbstractMethod,
+    ctl: Controls,
+    arrays: Sequence[Any],
+    shards: int = 1,
+    columns: tuple[int, ...] | None = None,
 ) -> Callable[..., Any]:
-    """The batched solver for these arguments' shapes, split over ``shards`` devices: from memory,
-    from disk, or newly compiled."""
+    """The batched solver for these arguments' shapes, split over ``shards`` devices, returning the
+    output ``columns`` (indices into the model's ids; ``None``: all): from memory, from disk, or newly
+    compiled."""
     shapes = tuple((tuple(a.shape), str(a.dtype)) for a in arrays)
-    return _solver(fns, method, ctl, shapes, shards)
+    return _solver(fns, method, ctl, shapes, shards, columns)

@@ -292,11 +292,12 @@ def _observe(fns: GeneratedFunctions, ts: Any, ys: Any, c0: Any, st: Any, smask:
     return jax.vmap(lambda t, y: fns.observe(t, y, c_at(t)))(ts, ys)
 
 
-@partial(jax.jit, static_argnames=("fns", "method", "ctl"))
+@partial(jax.jit, static_argnames=("fns", "method", "ctl", "columns"))
 def _solve_batch(
     fns: GeneratedFunctions,
     method: AbstractMethod,
     ctl: Controls,
+    columns: tuple[int, ...] | None,
     trig0: Any,
     ts: Any,
     d: Any,
@@ -306,21 +307,28 @@ def _solve_batch(
     smask: Any,
     sval: Any,
 ) -> tuple[Any, Any, Any]:
-    """``jax.vmap(_one)`` over patients (axis 0 of d, m, st, ...), computed by one batch-last loop."""
+    """``jax.vmap(_one)`` over patients (axis 0 of d, m, st, ...), computed by one batch-last loop;
+    only the output ``columns`` (all for ``None``) are computed and returned."""
     y0, c0 = jax.vmap(fns.init, in_axes=(0, 0, None), out_axes=-1)(d, m, ts[0])
     last = [jnp.moveaxis(x, 0, -1) for x in (st, sdy, smask, sval)]
     ys, status, steps = solve_batch(fns, method, ctl, y0, c0, trig0, ts, *last)
     obs = jax.vmap(partial(_observe, fns, ts), in_axes=(0, -1, 0, 0, 0))(ys, c0, st, smask, sval)
+    if columns is not None:
+        obs = obs[..., np.asarray(columns, dtype=int)]
     return obs, status, steps
 
 
 def _program(
-    fns: GeneratedFunctions, method: AbstractMethod, ctl: Controls, shards: int
+    fns: GeneratedFunctions,
+    method: AbstractMethod,
+    ctl: Controls,
+    shards: int,
+    columns: tuple[int, ...] | None = None,
 ) -> Callable[..., Any]:
     """The jitted solver of one chunk. With ``shards`` > 1 the chunk's patients are split in equal
     blocks over the first ``shards`` devices (``shard_map``) and each device runs its own loop: on a
     CPU shown as one device per core (:func:`immunetwin.runtime.use_all_cpu_cores`), one core each."""
-    solve = partial(_solve_batch, fns, method, ctl)
+    solve = partial(_solve_batch, fns, method, ctl, columns)
     mesh = _mesh(shards)
     if mesh is None:
         return jax.jit(solve)
@@ -354,6 +362,7 @@ def _run(
     ctl: Controls,
     chunk: int,
     progress: Callable[[int, int], None] | None,
+    columns: tuple[int, ...] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     trig0 = np.array([e.initial_value for e in model.spec.events], dtype=bool)
     b = d.shape[0]
@@ -365,7 +374,7 @@ def _run(
         for lo in range(0, b, chunk):
             idx = np.arange(lo, lo + chunk) % b  # pad the last chunk by wrapping (same shapes, one compile)
             arrays = (trig0, ts_full, d[idx], m[idx], *(s[idx] for s in stops))
-            o, s_, n_ = compiled_solver(model.functions, method, ctl, arrays, shards)(*arrays)
+            o, s_, n_ = compiled_solver(model.functions, method, ctl, arrays, shards, columns)(*arrays)
             keep = min(chunk, b - lo)
             outs.append(np.asarray(o)[:keep])
             stats.append(np.asarray(s_)[:keep])
@@ -437,6 +446,7 @@ def simulate_cohort(
     size: int | None = None,
     chunk_size: int = 4096,
     progress: Callable[[int, int], None] | None = None,
+    outputs: Sequence[str] | None = None,
 ) -> CohortTrajectory:
     """Simulate many patients at once (one batched loop per chunk of ``chunk_size`` patients, the chunk
     split over the devices when there are several).
@@ -444,6 +454,8 @@ def simulate_cohort(
     ``parameters`` / ``initial`` map ids to arrays with one value per patient (or scalars, shared).
     ``schedule`` is one schedule for all or a sequence with one per patient. ``size`` gives the number
     of patients when no array does. ``progress(done, total)`` is called after each chunk.
+    ``outputs`` names the quantities to return (default: every id of the model); asking only for
+    what is needed saves memory and, on a GPU, the transfer of the whole trajectory to the host.
     """
     values = dict(parameters or {}) | dict(initial or {})
     sizes = {np.asarray(v).shape[0] for v in values.values() if np.ndim(v) == 1}
@@ -462,11 +474,24 @@ def simulate_cohort(
     schedules = list(schedule) if isinstance(schedule, Sequence) else [schedule or Schedule()] * batch
     stops = _stops(model, schedules, model.spec.constants)
     _check_stop_times(stops[0], t0)
+    ids, columns = _columns(model, outputs)
     obs, status, steps = _run(
-        model, ts_full, d, m, stops, solver or Rodas5P(), controls, chunk_size, progress
+        model, ts_full, d, m, stops, solver or Rodas5P(), controls, chunk_size, progress, columns
     )
     names = np.array([STATUS[int(s)] for s in status])
-    return CohortTrajectory(ts, model.ids, obs[:, drop:], model.state_ids, names, steps)
+    return CohortTrajectory(ts, ids, obs[:, drop:], model.state_ids, names, steps)
+
+
+def _columns(model: Model, outputs: Sequence[str] | None) -> tuple[tuple[str, ...], tuple[int, ...] | None]:
+    if outputs is None:
+        return model.ids, None
+    if isinstance(outputs, str) or not outputs:
+        raise InputError("outputs must be a non-empty sequence of ids, e.g. ['V', 'D']")
+    for ident in outputs:
+        if ident not in model.ids:
+            raise UnknownIdError("output id", ident, model.ids)
+    ids = tuple(dict.fromkeys(outputs))
+    return ids, tuple(model.ids.index(i) for i in ids)
 
 
 def _check_stop_times(times: np.ndarray, t0: float) -> None:

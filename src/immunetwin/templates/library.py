@@ -24,7 +24,7 @@ import numpy as np
 import sympy
 import yaml
 
-from immunetwin.errors import InputError, TemplateError
+from immunetwin.errors import InputError, TemplateError, UnknownIdError
 from immunetwin.io.antimony import antimony_to_sbml
 from immunetwin.spec.schedule import Bolus, Input, Schedule
 from immunetwin.templates.graph import ModelStructure, read_structure
@@ -196,17 +196,22 @@ def _evaluate(expr: sympy.Expr, traj: TrajectoryLike) -> np.ndarray:
     return np.broadcast_to(np.asarray(out, dtype=float), shape)
 
 
-def _time_below(values: np.ndarray, times: np.ndarray, threshold: float) -> float:
-    """First time at/after the maximum when ``values`` drops below ``threshold`` (linear interpolation)."""
-    top = int(np.argmax(values))
-    below = np.flatnonzero(values[top:] < threshold)
-    if below.size == 0:
-        return math.inf
-    j = top + int(below[0])
-    if j == top:
-        return float(times[top])
-    v0, v1, t0, t1 = values[j - 1], values[j], times[j - 1], times[j]
-    return float(t0 + (threshold - v0) * (t1 - t0) / (v1 - v0))
+def _time_below(values: np.ndarray, times: np.ndarray, threshold: float) -> np.ndarray:
+    """First time at/after the maximum when ``values`` drops below ``threshold`` (linear interpolation
+    between outputs), along the last axis; ``inf`` if it never does. Vectorised over leading axes."""
+    v = np.asarray(values, dtype=float)
+    top = np.argmax(v, axis=-1)[..., None]
+    idx = np.arange(v.shape[-1])
+    below = (v < threshold) & (idx >= top)
+    found = below.any(axis=-1)
+    j = np.argmax(below, axis=-1)[..., None]
+    jm = np.maximum(j - 1, 0)
+    v0, v1 = np.take_along_axis(v, jm, -1)[..., 0], np.take_along_axis(v, j, -1)[..., 0]
+    t0, t1 = times[jm[..., 0]], times[j[..., 0]]
+    with np.errstate(all="ignore"):
+        crossing = t0 + (threshold - v0) * (t1 - t0) / (v1 - v0)
+    out = np.where(j[..., 0] == top[..., 0], times[j[..., 0]], crossing)
+    return np.where(found, out, math.inf)
 
 
 def _reduce(info: OutcomeInfo, values: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -225,7 +230,7 @@ def _reduce(info: OutcomeInfo, values: np.ndarray, times: np.ndarray) -> np.ndar
     elif info.kind == "exceeds":
         out = (np.max(values, axis=-1) > thr).astype(float)
     else:  # time_below
-        out = np.apply_along_axis(_time_below, -1, values, times, thr)
+        out = _time_below(values, times, thr)
     return np.where(np.isnan(values).any(axis=-1), np.nan, out)
 
 
@@ -298,9 +303,21 @@ class Template:
         out = {f"obs:{k}": parse_expression(v.formula) for k, v in self.metadata.observables.items()}
         return out | {f"out:{k}": parse_expression(v.expression) for k, v in self.metadata.outcomes.items()}
 
-    def observe(self, traj: TrajectoryLike) -> dict[str, np.ndarray]:
-        """Every observable's formula evaluated over a trajectory (or a cohort: shape ``(B, T)``)."""
-        return {k: _evaluate(self._expressions[f"obs:{k}"], traj) for k in self.metadata.observables}
+    def required_ids(self, observables: Sequence[str] = ()) -> tuple[str, ...]:
+        """Model ids that every outcome metric and the named ``observables`` read (for
+        ``simulate_cohort(outputs=...)``: return only those)."""
+        keys = [f"out:{k}" for k in self.metadata.outcomes] + [f"obs:{k}" for k in observables]
+        names = {s.name for k in keys for s in self._expressions[k].free_symbols} - {"time"}
+        return tuple(sorted(names))
+
+    def observe(self, traj: TrajectoryLike, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Every observable's formula (or those in ``names``) evaluated over a trajectory (or a cohort:
+        shape ``(B, T)``)."""
+        for k in names or ():
+            if k not in self.metadata.observables:
+                raise UnknownIdError("observable", k, tuple(self.metadata.observables))
+        keys = self.metadata.observables if names is None else names
+        return {k: _evaluate(self._expressions[f"obs:{k}"], traj) for k in keys}
 
     def outcomes(self, traj: TrajectoryLike) -> dict[str, Any]:
         """Every outcome metric of a trajectory: a float each, or an array of shape ``(B,)`` for a cohort.
