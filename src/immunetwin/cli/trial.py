@@ -28,12 +28,12 @@ def _table(result: Any) -> Table:
     spec = result.spec
     tab = Table(title=f"{spec.name}: arm - {spec.control}, {spec.level:.0%} intervals ({spec.design} design)")
     for col in ("arm", "endpoint", "control arm", "this arm", "difference", "interval"):
-        tab.add_column(col, justify="left" if col in ("arm", "endpoint") else "right")
+        tab.add_column(col, justify="left" if col in ("arm", "endpoint") else "right", no_wrap=True)
     summary = result.summary.set_index(["arm", "endpoint"])
     for row in result.contrasts.itertuples():
         ctl, arm = summary.loc[(spec.control, row.endpoint)], summary.loc[(row.arm, row.endpoint)]
-        tab.add_row(row.arm, row.endpoint, f"{ctl.estimate:.4g}", f"{arm.estimate:.4g}", f"{row.estimate:+.4g}",
-                    f"[{row.lower:+.4g}, {row.upper:+.4g}]")  # fmt: skip
+        tab.add_row(row.arm, row.endpoint, f"{ctl.estimate:.3g}", f"{arm.estimate:.3g}", f"{row.estimate:+.3g}",
+                    f"[{row.lower:+.3g}, {row.upper:+.3g}]")  # fmt: skip
     return tab
 
 

@@ -19,6 +19,8 @@ __all__ = ["MAX_POINTS", "build_trial_report", "write_trial_report"]
 
 #: Most patients per arm drawn in a box plot (an evenly spaced subset beyond that).
 MAX_POINTS = 2000
+#: One colour per arm, the same in every panel.
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
 
 
 def forest_figure(result: Any) -> go.Figure:
@@ -44,7 +46,7 @@ def endpoint_figure(result: Any) -> go.Figure:
     ends = [e for e in spec.endpoints if kinds[e] != "binary"]
     fig = make_subplots(rows=1, cols=max(1, len(ends)), subplot_titles=ends or ["(binary endpoints only)"])
     for j, e in enumerate(ends, start=1):
-        for arm in spec.arm_names:
+        for k, arm in enumerate(spec.arm_names):
             x = table.loc[(table.arm == arm) & table.ok, e].to_numpy(float)
             x = (
                 np.minimum(x, spec.horizon)[np.linspace(0, len(x) - 1, min(len(x), MAX_POINTS)).astype(int)]
@@ -52,7 +54,16 @@ def endpoint_figure(result: Any) -> go.Figure:
                 else x
             )
             fig.add_trace(
-                go.Box(y=x, name=arm, showlegend=j == 1, legendgroup=arm, boxpoints=False), row=1, col=j
+                go.Box(
+                    y=x,
+                    name=arm,
+                    showlegend=j == 1,
+                    legendgroup=arm,
+                    boxpoints=False,
+                    marker_color=_PALETTE[k % len(_PALETTE)],
+                ),
+                row=1,
+                col=j,
             )
     fig.update_layout(title="Endpoint distributions per arm", height=360)
     return fig
