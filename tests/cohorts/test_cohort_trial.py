@@ -56,6 +56,7 @@ def _spec(**changes: object) -> object:
         ),
         ({"population": {"source": "magic"}}, r"population.source: must be 'prior'"),
         ({"allocation": [1, 2]}, r"allocation: needs one ratio per arm"),
+        ({"execution": {"scheduler": 8786}}, r"execution.scheduler: must be a scheduler address"),
     ],
 )
 def test_bad_trial_definitions_name_the_key(change: dict, message: str) -> None:

@@ -212,6 +212,13 @@ def parse_trial(raw: Any, *, where: str = "trial", base: Path = Path(".")) -> Tr
     execution = raw.get("execution") or {}
     if not isinstance(solver, Mapping) or not isinstance(execution, Mapping):
         raise _fail(where, "solver/execution", "must be mappings")
+    scheduler = execution.get("scheduler")
+    if scheduler is not None and (not isinstance(scheduler, str) or "://" not in scheduler):
+        raise _fail(
+            where,
+            "execution.scheduler",
+            f"must be a scheduler address like tcp://host:8786, got {scheduler!r}",
+        )
     try:
         return TrialSpec(
             name=str(raw["name"]), template=str(raw["template"]), arms=arms, endpoints=tuple(endpoints),
@@ -227,7 +234,7 @@ def parse_trial(raw: Any, *, where: str = "trial", base: Path = Path(".")) -> Tr
             atol=_number(where, "solver.atol", solver.get("atol", 1e-9), positive=True),
             chunk_size=int(_number(where, "execution.chunk_size", execution.get("chunk_size", 2048), positive=True, integer=True)),
             workers=int(_number(where, "execution.workers", execution.get("workers", 1), positive=True, integer=True)),
-            scheduler=execution.get("scheduler"), where=where,
+            scheduler=scheduler, where=where,
             **_population(where, raw.get("population"), base),
         )  # fmt: skip
     except ImmunetwinError as err:
