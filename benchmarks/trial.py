@@ -27,7 +27,7 @@ Targets (issue 7): at least 20x libroadrunner per CPU core on the 2-core CPU; on
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import itertools
 import json
 import os
 import subprocess
@@ -39,11 +39,14 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cohort import initial_states, machine, numpy_functions, write_section  # noqa: E402
+from cohort import initial_states, machine, numpy_functions, write_section
 
 TEMPLATE, DAYS, STEP, RTOL, ATOL = "viral_immune", 28.0, 0.25, 1e-6, 1e-9
 START, DURATION, EFFICACY = 3.0, 5.0, 0.9
-ARMS = {"none": "none", "antiviral": f"antiviral(start={START:g},duration={DURATION:g},efficacy={EFFICACY:g})"}
+ARMS = {
+    "none": "none",
+    "antiviral": f"antiviral(start={START:g},duration={DURATION:g},efficacy={EFFICACY:g})",
+}
 TARGET_PER_CORE, TARGET_GPU_ARM_S = 20.0, 10.0
 
 
@@ -102,9 +105,9 @@ def run_roadrunner(params: dict[str, np.ndarray], n: int) -> dict[str, Any]:
                     out = np.asarray(rr.simulate(0.0, DAYS, len(grid)))
                 else:
                     parts = []
-                    for s, (a, b) in enumerate(zip(cut[:-1], cut[1:], strict=True)):
+                    for s, (a, b) in enumerate(itertools.pairwise(cut)):
                         rr["eps_av"] = EFFICACY if s == 1 else 0.0
-                        pts = int(round((b - a) / STEP)) + 1
+                        pts = round((b - a) / STEP) + 1
                         seg = np.asarray(rr.simulate(a, b, pts))
                         parts.append(seg if s == 0 else seg[1:])
                     out = np.concatenate(parts)
@@ -193,7 +196,9 @@ def markdown(res: dict[str, Any]) -> str:
                      f"{dx['patients_per_s']:,.1f} | - | 1.0x | compile {dx['compile_s']:.1f} s; {dx['ok_sims']}/"
                      f"{2 * dx['patients']} sims ok; subset |")  # fmt: skip
     elif dx:
-        lines.append(f"| diffrax Kvaerno5 vmap | in process | {dx['patients']:,} | - | - | - | - | {dx['error']} |")
+        lines.append(
+            f"| diffrax Kvaerno5 vmap | in process | {dx['patients']:,} | - | - | - | - | {dx['error']} |"
+        )
     lines += ["", "Targets:", ""]
     for r in res["immunetwin"]:
         if rr:
@@ -239,7 +244,10 @@ def main() -> None:
                                "immunetwin": []}  # fmt: skip
         for w in (int(x) for x in a.workers.split(",") if x.strip()):
             r = run_immunetwin(a.patients, a.chunk, w, a.seed, cache)
-            print(f"immunetwin workers={w}: {r['wall_s']:.1f} s, {r['patients_per_s']:,.0f} patients/s", flush=True)
+            print(
+                f"immunetwin workers={w}: {r['wall_s']:.1f} s, {r['patients_per_s']:,.0f} patients/s",
+                flush=True,
+            )
             res["immunetwin"].append(r)
         params = {k: np.asarray(v) for k, v in res["immunetwin"][0].pop("params").items()}
         for r in res["immunetwin"][1:]:

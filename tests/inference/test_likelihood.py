@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from decay import decay_problem, decay_truth
 from scipy import stats
 
+from decay import decay_problem, decay_truth
 from immunetwin import Controls
 from immunetwin.inference import compile_objective
 from immunetwin.inference.likelihood import forward_value_and_grad, reverse_differentiable
