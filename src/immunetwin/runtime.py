@@ -1,14 +1,17 @@
-"""Process-level runtime switches, called explicitly by applications (never at import time)."""
+"""Process-level runtime switches, called explicitly by applications (never at import time), and the
+raw integers of a random key (for provenance records and host-side generators)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import jax
+import numpy as np
 import platformdirs
 
-__all__ = ["default_cache_dir", "enable_compilation_cache", "use_all_cpu_cores"]
+__all__ = ["default_cache_dir", "enable_compilation_cache", "key_data", "use_all_cpu_cores"]
 
 
 def default_cache_dir() -> Path:
@@ -51,3 +54,12 @@ def use_all_cpu_cores(count: int | None = None) -> bool:
     except RuntimeError:  # JAX has started: its device count is fixed for this process
         return False
     return True
+
+
+def key_data(key: Any) -> tuple[int, ...]:
+    """The raw integers of a JAX random key (old-style uint32 array or new-style typed key)."""
+    try:
+        data = jax.random.key_data(key)
+    except (TypeError, ValueError):
+        data = key
+    return tuple(int(x) for x in np.asarray(data).ravel())

@@ -1,6 +1,6 @@
 """Virtual populations and in-silico trials, chunked on Dask (see DESIGN.md, "cohorts/")."""
 
-from immunetwin.cohorts.execute import DaskCluster, InProcess, Probe, Work, run_chunks
+from immunetwin.cohorts.execute import DaskCluster, InProcess, Opened, Probe, Work, run_chunks
 from immunetwin.cohorts.matching import MatchResult, NormalTarget, SampleTarget, prevalence_select
 from immunetwin.cohorts.population import Constraint, Match, VirtualPopulation, sample_population
 from immunetwin.cohorts.sources import FromPopulation, FromPrior, FromTwins
@@ -17,6 +17,7 @@ __all__ = [
     "Match",
     "MatchResult",
     "NormalTarget",
+    "Opened",
     "Probe",
     "SampleTarget",
     "TrialResult",

@@ -39,7 +39,7 @@ from immunetwin.engines.solvers import Dopri5, Rodas5P
 from immunetwin.errors import InputError, UnknownIdError
 from immunetwin.templates import Template, load_template
 
-__all__ = ["ChunkResult", "DaskCluster", "InProcess", "Probe", "Work", "run_chunk", "run_chunks"]
+__all__ = ["ChunkResult", "DaskCluster", "InProcess", "Opened", "Probe", "Work", "run_chunk", "run_chunks"]
 
 SOLVERS = {"rodas5p": Rodas5P, "dopri5": Dopri5}
 Progress = Callable[[int, int], None]
@@ -262,7 +262,21 @@ class DaskCluster:
             yield run
 
 
-Executor = InProcess | DaskCluster
+@dataclass(frozen=True)
+class Opened:
+    """A session of another executor that is already open, so that several cohort runs (population
+    rounds, then the trial's arms) share it: one cluster start instead of one per run."""
+
+    run: Callable[[Work, list[dict[str, np.ndarray]], Progress | None], list[ChunkResult]]
+
+    @contextlib.contextmanager
+    def session(
+        self,
+    ) -> Iterator[Callable[[Work, list[dict[str, np.ndarray]], Progress | None], list[ChunkResult]]]:
+        yield self.run
+
+
+Executor = InProcess | DaskCluster | Opened
 
 
 def setup_worker(cpu_devices: int | None, cache_dir: str | None) -> None:

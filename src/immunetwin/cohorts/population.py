@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from immunetwin.cohorts.execute import Executor, InProcess, Probe, Work, check_work, run_chunks
+from immunetwin.cohorts.execute import Executor, InProcess, Opened, Probe, Work, check_work, run_chunks
 from immunetwin.cohorts.matching import MatchResult, NormalTarget, SampleTarget, prevalence_select
 from immunetwin.cohorts.sources import FromPrior, Source
 from immunetwin.errors import InputError, UnknownIdError
@@ -33,16 +33,9 @@ __all__ = ["Constraint", "Match", "VirtualPopulation", "quantity", "rng_from_key
 
 def rng_from_key(key: Any) -> np.random.Generator:
     """A NumPy generator seeded by a JAX key (or an int seed): host-side, so the same on any device."""
-    if isinstance(key, int | np.integer):
-        data: tuple[int, ...] = (int(key),)
-    else:
-        import jax
+    from immunetwin.runtime import key_data
 
-        try:
-            raw = jax.random.key_data(key)
-        except (TypeError, ValueError):
-            raw = key  # an old-style uint32 key array
-        data = tuple(int(x) for x in np.asarray(raw).ravel())
+    data = (int(key),) if isinstance(key, int | np.integer) else key_data(key)
     return np.random.default_rng(np.random.SeedSequence([abs(x) for x in data]))
 
 
@@ -224,30 +217,32 @@ def sample_population(
     kept_match: list[np.ndarray] = []
     drawn = plausible = failed = 0
     rejected = {str(c): 0 for c in constraints}
-    while plausible < needed:
-        rate = plausible / drawn if drawn else 1.0
-        size = min(limit - drawn, max(64, math.ceil((needed - plausible) / max(rate, 0.02) * 1.1)))
-        if size <= 0:
-            raise InputError(
-                f"only {plausible} of {needed} candidates were plausible after {drawn} draws (max_draws); "
-                f"failed solves {failed}; rejected by constraint: "
-                + ", ".join(f"{k}: {v}" for k, v in rejected.items())
-            )
-        values = source.draw(template, size, rng)
-        res = run_chunks(work, values, chunk_size=chunk_size, executor=executor)
-        ok, x = res.ok[:, 0], _values(res, quantities, probes)
-        inside = [(x[:, j] >= c.lower) & (x[:, j] <= c.upper) for j, c in enumerate(constraints)]
-        good = np.logical_and.reduce([ok, *inside])
-        idx = np.flatnonzero(good)[: needed - plausible]
-        used = int(idx[-1]) + 1 if plausible + len(idx) >= needed else size  # candidates looked at
-        for c, ins in zip(constraints, inside, strict=True):
-            rejected[str(c)] += int(np.sum(ok[:used] & ~ins[:used]))
-        drawn, failed = drawn + used, failed + int(np.sum(~ok[:used]))
-        kept.append({k: v[idx] for k, v in values.items()})
-        kept_match.append(_values(res, matched, probes)[idx])
-        plausible += len(idx)
-        if progress is not None:
-            progress(plausible, needed)
+    with executor.session() as run:  # one session (one cluster start) for every round
+        opened = Opened(run)
+        while plausible < needed:
+            rate = plausible / drawn if drawn else 1.0
+            size = min(limit - drawn, max(64, math.ceil((needed - plausible) / max(rate, 0.02) * 1.1)))
+            if size <= 0:
+                raise InputError(
+                    f"only {plausible} of {needed} candidates were plausible after {drawn} draws (max_draws); "
+                    f"failed solves {failed}; rejected by constraint: "
+                    + ", ".join(f"{k}: {v}" for k, v in rejected.items())
+                )
+            values = source.draw(template, size, rng)
+            res = run_chunks(work, values, chunk_size=chunk_size, executor=opened)
+            ok, x = res.ok[:, 0], _values(res, quantities, probes)
+            inside = [(x[:, j] >= c.lower) & (x[:, j] <= c.upper) for j, c in enumerate(constraints)]
+            good = np.logical_and.reduce([ok, *inside])
+            idx = np.flatnonzero(good)[: needed - plausible]
+            used = int(idx[-1]) + 1 if plausible + len(idx) >= needed else size  # candidates looked at
+            for c, ins in zip(constraints, inside, strict=True):
+                rejected[str(c)] += int(np.sum(ok[:used] & ~ins[:used]))
+            drawn, failed = drawn + used, failed + int(np.sum(~ok[:used]))
+            kept.append({k: v[idx] for k, v in values.items()})
+            kept_match.append(_values(res, matched, probes)[idx])
+            plausible += len(idx)
+            if progress is not None:
+                progress(plausible, needed)
     pool = {k: np.concatenate([c[k] for c in kept]) for k in kept[0]}
     result = None
     if match is not None:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from immunetwin.cohorts.execute import DaskCluster, Executor, InProcess, Work, run_chunks
+from immunetwin.cohorts.execute import DaskCluster, Executor, InProcess, Opened, Work, run_chunks
 from immunetwin.cohorts.population import VirtualPopulation, sample_population
 from immunetwin.cohorts.sources import FromPrior, FromTwins, Source
 from immunetwin.cohorts.stats import (
@@ -47,7 +47,7 @@ from immunetwin.cohorts.stats import (
     wilson,
 )
 from immunetwin.cohorts.trialspec import TrialSpec
-from immunetwin.errors import InputError, SolverError, UnknownIdError
+from immunetwin.errors import ImmunetwinError, InputError, SolverError, UnknownIdError
 from immunetwin.templates import Template, load_template
 
 __all__ = ["TrialResult", "assign_arms", "run_trial", "write_trial"]
@@ -94,7 +94,7 @@ def _check(spec: TrialSpec, template: Template) -> None:
     for name, arm in spec.arms.items():
         try:
             scenario(template, arm)
-        except Exception as err:  # re-raised with the arm named
+        except ImmunetwinError as err:  # re-raised with the arm named
             raise InputError(f"{spec.where}: arms.{name}: {err}") from None
     for e in spec.endpoints:
         if e not in template.metadata.outcomes:
@@ -202,7 +202,13 @@ def run_trial(
     start = time.perf_counter()
     template = template or load_template(spec.template)
     _check(spec, template)
-    executor = executor or _executor(spec)
+    with (executor or _executor(spec)).session() as run:
+        return _run(spec, template, Opened(run), progress, start)
+
+
+def _run(
+    spec: TrialSpec, template: Template, executor: Executor, progress: Progress | None, start: float
+) -> TrialResult:
     stage = (lambda name: lambda d, t: progress(name, d, t)) if progress else (lambda name: None)
     population = sample_population(
         template, spec.patients, key=spec.seed, source=_source(spec, template), constraints=spec.constraints,
@@ -222,9 +228,8 @@ def run_trial(
         oks = {a: res.ok[:, j] for j, a in enumerate(arms)}
         used = {a: ok_all for a in arms}
     else:
-        rng = np.random.default_rng(
-            np.random.SeedSequence([abs(spec.seed), 1])
-        )  # apart from the population's
+        # a stream of its own, apart from the population's
+        rng = np.random.default_rng(np.random.SeedSequence([abs(spec.seed), 1]))
         group = assign_arms(len(population), spec.allocation, spec.block_size, rng)
         assigned, raw, oks, used = {}, {}, {}, {}
         for j, a in enumerate(arms):

@@ -22,11 +22,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import jax
-import numpy as np
-
 from immunetwin.engines.integrate import Controls
 from immunetwin.errors import InputError
+from immunetwin.runtime import key_data
 from immunetwin.templates import Template
 from immunetwin.twin.belief import Belief
 from immunetwin.twin.observations import Observations
@@ -140,15 +138,6 @@ class Step:
     def now(cls, verb: str, key: Any, rows: int, seconds: float, note: str = "") -> Step:
         created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         return cls(verb, key_data(key), rows, created, round(seconds, 6), note)
-
-
-def key_data(key: Any) -> tuple[int, ...]:
-    """The raw integers of a JAX random key (old-style uint32 array or new-style typed key)."""
-    try:
-        data = jax.random.key_data(key)
-    except (TypeError, ValueError):
-        data = key
-    return tuple(int(x) for x in np.asarray(data).ravel())
 
 
 def template_hash(template: Template) -> str:
