@@ -223,9 +223,15 @@ def markdown(res: dict[str, Any]) -> str:
 
 def main() -> None:
     a = parse()
-    from immunetwin.runtime import default_cache_dir, enable_compilation_cache, use_all_cpu_cores
+    from immunetwin.runtime import (
+        compile_small_loops_whole,
+        default_cache_dir,
+        enable_compilation_cache,
+        use_all_cpu_cores,
+    )
 
     use_all_cpu_cores(a.cpu_devices or None)
+    compile_small_loops_whole()
     enable_compilation_cache(default_cache_dir())
     res = run(a, lambda s: print(s, flush=True))
     text = markdown(res)

@@ -252,8 +252,9 @@ def nuts_child(spec_path: Path) -> None:
     from immunetwin.inference import compile_objective
     from immunetwin.inference.posterior import sample_posterior
     from immunetwin.io.petab import read_petab
-    from immunetwin.runtime import enable_compilation_cache
+    from immunetwin.runtime import compile_small_loops_whole, enable_compilation_cache
 
+    compile_small_loops_whole()
     spec = json.loads(spec_path.read_text())
     enable_compilation_cache(Path(spec["cache"]))
     clock, r = CompileClock(), {}
@@ -639,8 +640,9 @@ def main(argv: list[str] | None = None) -> None:
     a.pypesto_draws = a.pypesto_draws or (500 if a.quick else 2500)
     names = a.problems.split(",") if a.problems else list(DEFAULT_PROBLEMS)
 
-    from immunetwin.runtime import enable_compilation_cache
+    from immunetwin.runtime import compile_small_loops_whole, enable_compilation_cache
 
+    compile_small_loops_whole()
     tmp = tempfile.TemporaryDirectory(prefix="immunetwin-calbench-", ignore_cleanup_errors=True)
     work = Path(tmp.name)
     cache = enable_compilation_cache(

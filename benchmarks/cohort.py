@@ -242,9 +242,10 @@ def child(cmd: list[str], first_limit: float, limit: float) -> tuple[dict[str, A
 def first_call_child(name: str, solver: str, chunk: int, seed: int, cache: str, devices: int) -> None:
     t = time.perf_counter()
     import immunetwin  # noqa: F401 - timed: imports jax and the engine
-    from immunetwin.runtime import enable_compilation_cache, use_all_cpu_cores
+    from immunetwin.runtime import compile_small_loops_whole, enable_compilation_cache, use_all_cpu_cores
 
     use_all_cpu_cores(devices or None)
+    compile_small_loops_whole()
     from immunetwin.templates import load_template
 
     t_import = time.perf_counter() - t
@@ -503,9 +504,10 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # GPU: leave memory to subprocesses
     import jax
 
-    from immunetwin.runtime import use_all_cpu_cores
+    from immunetwin.runtime import compile_small_loops_whole, use_all_cpu_cores
 
     use_all_cpu_cores(a.cpu_devices or None)  # before JAX starts: one CPU device per core
+    compile_small_loops_whole()
     from rich.console import Console
     from rich.table import Table
 

@@ -235,9 +235,15 @@ def main() -> None:
     if a.from_json:
         res = json.loads(a.from_json.read_text())
     else:
-        from immunetwin.runtime import default_cache_dir, enable_compilation_cache, use_all_cpu_cores
+        from immunetwin.runtime import (
+            compile_small_loops_whole,
+            default_cache_dir,
+            enable_compilation_cache,
+            use_all_cpu_cores,
+        )
 
         use_all_cpu_cores()
+        compile_small_loops_whole()
         cache = os.environ.get("IMMUNETWIN_CACHE") or str(default_cache_dir())
         enable_compilation_cache(Path(cache))
         res: dict[str, Any] = {"machine": machine(), "command": "python benchmarks/trial.py " + " ".join(sys.argv[1:]),

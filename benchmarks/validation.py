@@ -88,9 +88,10 @@ def run_twin(job: tuple[str, str, pd.DataFrame, np.ndarray, str, int, int]) -> T
     import jax
 
     from immunetwin.errors import ImmunetwinError
-    from immunetwin.runtime import default_cache_dir, enable_compilation_cache
+    from immunetwin.runtime import compile_small_loops_whole, default_cache_dir, enable_compilation_cache
     from immunetwin.twin import forecast, personalise
 
+    compile_small_loops_whole()
     enable_compilation_cache(default_cache_dir())
     t0 = time.perf_counter()
     key = jax.random.fold_in(jax.random.PRNGKey(seed), int(re.sub(r"\D", "", pid)))

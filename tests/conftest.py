@@ -11,14 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from immunetwin.runtime import enable_compilation_cache
+from immunetwin.runtime import compile_small_loops_whole, enable_compilation_cache
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Compiled models are kept in .jax_cache (git-ignored), shared by the xdist workers and runs."""
+    """Compiled models are kept in .jax_cache (git-ignored), shared by the xdist workers and runs;
+    solver loops are compiled whole, as the command line does."""
+    compile_small_loops_whole()
     where = os.environ.get("IMMUNETWIN_CACHE", str(REPO / ".jax_cache"))
     if where.lower() != "off":
         enable_compilation_cache(Path(where))

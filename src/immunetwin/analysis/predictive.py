@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from immunetwin.engines.ode import CohortTrajectory
+from immunetwin.engines.xla import jit
 from immunetwin.errors import InputError, SolverError
 from immunetwin.inference.likelihood import (
     Objective,
@@ -141,7 +142,7 @@ def posterior_predictive(
     present = np.isfinite(y)
     k_noise, k_pit = jax.random.split(key)
     with jax.enable_x64(True):
-        h, sigma, ok = jax.jit(jax.vmap(objective.observables))(jnp.asarray(theta))
+        h, sigma, ok = jit(jax.vmap(objective.observables))(jnp.asarray(theta))
         good = np.asarray(jnp.all(ok, axis=1))
         if not good.any():
             raise SolverError(f"every draw fails to solve problem '{problem.name}'")

@@ -16,6 +16,7 @@ import pandas as pd
 from immunetwin.engines.integrate import Controls
 from immunetwin.engines.ode import CohortTrajectory
 from immunetwin.engines.solvers import AbstractMethod
+from immunetwin.engines.xla import jit
 from immunetwin.errors import InputError
 from immunetwin.inference.likelihood import (
     compile_objective,
@@ -87,7 +88,7 @@ def tolerance_check(
     with jax.enable_x64(True):
         for r, a in zip(rt, at, strict=True):
             obj = compile_objective(problem, solver=solver, controls=Controls(rtol=r, atol=a))
-            values.append(float(jax.jit(obj.log_likelihood)(jnp.asarray(th))))
+            values.append(float(jit(obj.log_likelihood)(jnp.asarray(th))))
     ll = np.array(values)
     finite = bool(np.all(np.isfinite(ll)))
     changes = np.abs(np.diff(ll)) if finite else np.full(len(ll) - 1, np.inf)

@@ -106,6 +106,8 @@ def app_from_environ() -> FastAPI:
     """
     import os
 
+    from immunetwin.runtime import compile_small_loops_whole
     from immunetwin.service import settings_from_environ
 
+    compile_small_loops_whole()  # a server process: solver loops compiled whole, as the CLI does
     return create_app(settings_from_environ(os.environ), migrate=True)

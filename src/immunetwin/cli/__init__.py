@@ -33,15 +33,22 @@ app = typer.Typer(
 
 
 def configure_runtime() -> None:
-    """Use every CPU core (one JAX device each) and turn on JAX's persistent compilation cache
-    (``IMMUNETWIN_CACHE``; ``off`` disables it).
+    """Use every CPU core (one JAX device each), let XLA:CPU compile solver loops whole, and turn on
+    JAX's persistent compilation cache (``IMMUNETWIN_CACHE``; ``off`` disables it).
 
     Called by the command-line entry point only: library users opt in with
-    :func:`immunetwin.runtime.use_all_cpu_cores` and :func:`immunetwin.runtime.enable_compilation_cache`.
+    :func:`immunetwin.runtime.use_all_cpu_cores`, :func:`immunetwin.runtime.compile_small_loops_whole`
+    and :func:`immunetwin.runtime.enable_compilation_cache`.
     """
-    from immunetwin.runtime import default_cache_dir, enable_compilation_cache, use_all_cpu_cores
+    from immunetwin.runtime import (
+        compile_small_loops_whole,
+        default_cache_dir,
+        enable_compilation_cache,
+        use_all_cpu_cores,
+    )
 
     use_all_cpu_cores()
+    compile_small_loops_whole()
     where = os.environ.get("IMMUNETWIN_CACHE", "")
     if where.lower() == "off":
         return

@@ -280,9 +280,11 @@ Executor = InProcess | DaskCluster | Opened
 
 
 def setup_worker(cpu_devices: int | None, cache_dir: str | None) -> None:
-    """Run on each Dask worker before its first chunk: JAX CPU devices and compilation cache."""
-    from immunetwin.runtime import enable_compilation_cache, use_all_cpu_cores
+    """Run on each Dask worker before its first chunk: JAX CPU devices, whole-loop compilation
+    (:func:`immunetwin.runtime.compile_small_loops_whole`) and compilation cache."""
+    from immunetwin.runtime import compile_small_loops_whole, enable_compilation_cache, use_all_cpu_cores
 
+    compile_small_loops_whole()
     if cpu_devices:
         use_all_cpu_cores(cpu_devices)
     if cache_dir:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from immunetwin.conformance.report import replace_section
+from immunetwin.engines.xla import jit
 
 __all__ = ["ProblemResult", "list_problems", "run_problem"]
 
@@ -78,7 +79,7 @@ def run_problem(collection: Path, name: str) -> ProblemResult:
         problem = read_petab(yaml_path)
         objective = compile_objective(problem)
         with jax.enable_x64(True):
-            llh = float(jax.jit(objective.log_likelihood)(jnp.asarray(problem.nominal)))
+            llh = float(jit(objective.log_likelihood)(jnp.asarray(problem.nominal)))
     except ImmunetwinError as err:
         return ProblemResult(
             name, "refused", reference=ref, detail=str(err)[:300], seconds=time.perf_counter() - start
@@ -172,6 +173,9 @@ def summary_markdown(results: Sequence[ProblemResult], machine: str, command: st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from immunetwin.runtime import compile_small_loops_whole
+
+    compile_small_loops_whole()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("collection", type=Path, help="../shared/conformance/petab-benchmark")
     parser.add_argument("--problems", default="", help="comma list of problem names (default: all)")

@@ -233,6 +233,9 @@ def summary_markdown(results_by_subset: dict[str, list[CaseResult]], machine: st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from immunetwin.runtime import compile_small_loops_whole
+
+    compile_small_loops_whole()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "suite", type=Path, help="folder holding cases/ (../shared/conformance/sbml-test-suite)"

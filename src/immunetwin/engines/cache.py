@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 from immunetwin.engines.codegen import GeneratedFunctions
 from immunetwin.engines.integrate import Controls
 from immunetwin.engines.solvers import AbstractMethod
+from immunetwin.engines.xla import jit
 
 __all__ = ["compiled_solver"]
 
@@ -71,7 +72,8 @@ def _exported(
     jitted: Callable[..., Any], arrays: Sequence[Any], path: Path, mesh: Mesh | None = None
 ) -> Callable[..., Any] | None:
     """The program read from ``path`` (or exported there first); a program split over the devices of
-    ``mesh`` is called through ``jax.jit`` with its shardings on that mesh. None on any failure."""
+    ``mesh`` is called through ``jax.jit`` with its shardings on that mesh; both are compiled with the
+    engine's options (:mod:`immunetwin.engines.xla`). None on any failure."""
     try:
         from jax import export as jax_export
 
@@ -83,8 +85,8 @@ def _exported(
         if exp.nr_devices != (1 if mesh is None else mesh.size):
             return None
         if mesh is None:
-            return exp.call
-        return jax.jit(exp.call, in_shardings=exp.in_shardings_jax(mesh))
+            return jit(exp.call)
+        return jit(exp.call, in_shardings=exp.in_shardings_jax(mesh))
     except Exception:  # any failure here only means: compile the usual way
         return None
 

@@ -24,6 +24,7 @@ from immunetwin.engines.cache import compiled_solver
 from immunetwin.engines.codegen import GeneratedFunctions, generate
 from immunetwin.engines.integrate import STATUS, Controls, solve_batch, solve_one
 from immunetwin.engines.solvers import AbstractMethod, Rodas5P
+from immunetwin.engines.xla import jit
 from immunetwin.errors import InputError, SolverError, UnknownIdError
 from immunetwin.spec.model import ModelSpec
 from immunetwin.spec.schedule import Schedule
@@ -331,13 +332,13 @@ def _program(
     solve = partial(_solve_batch, fns, method, ctl, columns)
     mesh = _mesh(shards)
     if mesh is None:
-        return jax.jit(solve)
+        return jit(solve)
     shared, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("patients"))
     # no collectives: each block is independent, so the check of which values vary across devices is
     # off (with it, every loop carry the solver starts from zeros would need a jax.lax.pcast)
     specs = (shared.spec, shared.spec, *[split.spec] * 6)  # trig0 and ts shared
     sharded = jax.shard_map(solve, mesh=mesh, in_specs=specs, out_specs=split.spec, check_vma=False)
-    return jax.jit(sharded, in_shardings=(shared, shared, *[split] * 6), out_shardings=split)
+    return jit(sharded, in_shardings=(shared, shared, *[split] * 6), out_shardings=split)
 
 
 def _mesh(shards: int) -> Mesh | None:

@@ -31,6 +31,7 @@ import sympy as sp
 from immunetwin.engines.codegen import compile_expressions, quantity_index
 from immunetwin.engines.integrate import STATUS, Controls, solve_one
 from immunetwin.engines.solvers import AbstractMethod, Rodas5P
+from immunetwin.engines.xla import jit
 from immunetwin.errors import InputError, UnknownIdError
 from immunetwin.inference.problem import Problem
 
@@ -114,7 +115,7 @@ class Objective:
             }
             if what not in fns:
                 raise InputError(f"unknown objective function '{what}' (known: {', '.join(fns)})")
-            cache[what] = jax.jit(fns[what])
+            cache[what] = jit(fns[what])
         return cache[what]
 
     @property

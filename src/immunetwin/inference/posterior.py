@@ -43,6 +43,7 @@ import pandas as pd
 import xarray as xr
 from numpyro.infer import MCMC, NUTS
 
+from immunetwin.engines.xla import jit
 from immunetwin.errors import InputError
 from immunetwin.inference.likelihood import (
     Objective,
@@ -224,7 +225,7 @@ def _pointwise(objective: Objective, theta: np.ndarray) -> tuple[np.ndarray, np.
     rows, present = _row_log_likelihood(objective)
     flat = theta.reshape(-1, theta.shape[-1])
     with jax.enable_x64(True):
-        fn = jax.jit(lambda th: jax.lax.map(rows, th, batch_size=min(len(flat), 64)))
+        fn = jit(lambda th: jax.lax.map(rows, th, batch_size=min(len(flat), 64)))
         out = np.asarray(fn(jnp.asarray(flat)))
     return out.reshape(*theta.shape[:-1], len(present)), present
 
@@ -416,7 +417,7 @@ def _value_grad_hessian(objective: Objective, theta: np.ndarray) -> tuple[float,
         return value, grad, hess
 
     with jax.enable_x64(True):
-        value, grad, hess = jax.jit(grad_and_hessian)(jnp.asarray(theta, dtype=jnp.float64))
+        value, grad, hess = jit(grad_and_hessian)(jnp.asarray(theta, dtype=jnp.float64))
     hess = np.asarray(hess)
     return float(value), np.asarray(grad), 0.5 * (hess + hess.T)
 

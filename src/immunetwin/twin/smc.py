@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from immunetwin.engines.integrate import Controls
+from immunetwin.engines.xla import jit
 from immunetwin.inference.likelihood import compile_objective
 from immunetwin.inference.problem import Problem
 from immunetwin.templates import Template
@@ -83,7 +84,7 @@ class Target:
 
     @functools.cached_property
     def _prior(self) -> Any:
-        return jax.jit(jax.vmap(compile_objective(self.problem).log_prior))
+        return jit(jax.vmap(compile_objective(self.problem).log_prior))
 
     def log_prior(self, theta: np.ndarray) -> np.ndarray:
         """Log prior density of each particle (``-inf`` outside the bounds), (N,)."""
