@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.optimize import curve_fit
@@ -41,6 +42,11 @@ def test_map_is_pulled_toward_the_prior(objective):
     mp = fit_map(objective, key=jax.random.PRNGKey(1), starts=3, prior=True)
     # prior on log10 k is N(-0.3, 1): log10 0.5 = -0.301, so the MAP moves toward -0.3 by little
     assert mp.objective == pytest.approx(mp.log_likelihood + mp.log_prior, rel=1e-10)
+    # the split into likelihood and prior is the objective's own, evaluated at the optimum
+    with jax.enable_x64(True):
+        theta = jnp.asarray(mp.theta)
+        assert mp.log_likelihood == pytest.approx(float(objective.jitted("log_likelihood")(theta)), rel=1e-9)
+        assert mp.log_prior == pytest.approx(float(objective.jitted("log_prior")(theta)), rel=1e-12)
     assert abs(math.log10(mp.values["k"]) + 0.3) <= abs(math.log10(ml.values["k"]) + 0.3) + 1e-9
 
 
