@@ -30,14 +30,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from immunetwin.cohorts.execute import DaskCluster, Executor, InProcess, Opened, Work, run_chunks
 from immunetwin.cohorts.population import VirtualPopulation, sample_population
-from immunetwin.cohorts.sources import FromPrior, FromTwins, Source
+from immunetwin.cohorts.sources import FromPopulation, FromPrior, FromTwins, Source
 from immunetwin.cohorts.stats import (
     Interval,
     diff_means,
@@ -49,6 +49,9 @@ from immunetwin.cohorts.stats import (
 from immunetwin.cohorts.trialspec import TrialSpec
 from immunetwin.errors import ImmunetwinError, InputError, SolverError, UnknownIdError
 from immunetwin.templates import Template, load_template
+
+if TYPE_CHECKING:
+    from immunetwin.inference.population import PopulationFit
 
 __all__ = ["TrialResult", "assign_arms", "run_trial", "write_trial"]
 
@@ -107,7 +110,27 @@ def _source(spec: TrialSpec, template: Template) -> Source:
         from immunetwin.twin import load_twin
 
         return FromTwins(tuple(load_twin(p, template=template) for p in spec.twins), spec.spread)
+    if spec.source == "population":
+        return FromPopulation(_population_fit(spec, template))
     return FromPrior(spec.parameters)
+
+
+def _population_fit(spec: TrialSpec, template: Template) -> PopulationFit:
+    """The saved population fit of ``spec``; its random ids must be parameters of ``template``."""
+    from immunetwin.inference.population import load_population_fit
+
+    where = f"{spec.where}: population.source.population"
+    if not spec.population_fit:
+        raise InputError(f"{where}: is required with source 'population'")
+    try:
+        fit = load_population_fit(spec.population_fit)
+    except InputError as err:
+        raise InputError(f"{where}: {err}") from None
+    unknown = [p for p in fit.random if p not in template.metadata.parameters]
+    if unknown:
+        raise InputError(f"{where}: random parameter(s) {', '.join(unknown)} of the fit are not parameters "
+                         f"of {template.name}")  # fmt: skip
+    return fit
 
 
 def assign_arms(

@@ -8,7 +8,7 @@
     horizon: 28            # days simulated from infection
     step: 0.25             # output spacing (days)
     population:
-      source: prior        # or {twins: [a.zip, b.zip], spread: 0.1}
+      source: prior        # or {twins: [a.zip, b.zip], spread: 0.1}, or {population: fit.nc}
       parameters: [beta, p, delta, a_T, p_LI]   # prior source only; default: the estimated ones
       constraints:         # plausible patients (untreated course); null = open bound
         peak_viral_load: [6, 9.5]
@@ -30,7 +30,10 @@
     solver: {method: rodas5p, rtol: 1.0e-6, atol: 1.0e-9}
     execution: {chunk_size: 2048, workers: 1, scheduler: null}
 
-Errors name the file and the key (``trial.yaml: arms.early: ...``).
+``{population: fit.nc}`` draws new patients from a hierarchical population fit saved with
+:meth:`~immunetwin.inference.population.PopulationFit.save` (its random parameters vary, the others keep
+the template's values; the random ids must be parameters of ``template``). File paths (twins, population
+fit) are relative to the YAML file. Errors name the file and the key (``trial.yaml: arms.early: ...``).
 """
 
 from __future__ import annotations
@@ -56,7 +59,8 @@ _TOP = {"name", "description", "template", "seed", "horizon", "step", "populatio
 
 @dataclass(frozen=True)
 class TrialSpec:
-    """A trial (see the module docstring for every field). ``twins`` are paths of saved twins."""
+    """A trial (see the module docstring for every field). ``twins`` are paths of saved twins,
+    ``population_fit`` the path of a saved population fit (``source`` ``"population"``)."""
 
     name: str
     template: str
@@ -76,6 +80,7 @@ class TrialSpec:
     parameters: tuple[str, ...] | None = None
     twins: tuple[str, ...] = ()
     spread: float = 0.1
+    population_fit: str | None = None
     constraints: tuple[Constraint, ...] = ()
     match: Match | None = None
     solver: str = "rodas5p"
@@ -165,6 +170,8 @@ def _population(where: str, raw: Any, base: Path) -> dict[str, Any]:
         ):
             raise _fail(where, "population.parameters", "must be a list of parameter ids")
         out |= {"source": "prior", "parameters": tuple(params) if params is not None else None}
+    elif isinstance(source, Mapping) and "population" in source:
+        out |= _population_fit(where, raw, source, base)
     elif isinstance(source, Mapping) and "twins" in source:
         files = source["twins"]
         if not isinstance(files, list) or not files:
@@ -172,12 +179,33 @@ def _population(where: str, raw: Any, base: Path) -> dict[str, Any]:
         spread = _number(where, "population.source.spread", source.get("spread", 0.1))
         out |= {"source": "twins", "twins": tuple(str((base / f).resolve()) for f in files), "spread": spread}
     else:
-        raise _fail(where, "population.source", f"must be 'prior' or {{twins: [...]}}, got {source!r}")
+        raise _fail(
+            where,
+            "population.source",
+            f"must be 'prior', {{twins: [...]}} or {{population: fit.nc}}, got {source!r}",
+        )
     return out
 
 
+def _population_fit(
+    where: str, raw: Mapping[str, Any], source: Mapping[str, Any], base: Path
+) -> dict[str, Any]:
+    """``population.source: {population: fit.nc}``: the fit's path, taken from ``base``."""
+    unknown = set(source) - {"population"}
+    if unknown:
+        raise _fail(where, "population.source", f"unknown keys {sorted(unknown)} beside population")
+    file = source["population"]
+    if not isinstance(file, str) or not file:
+        raise _fail(where, "population.source.population", f"must be the path of a saved fit, got {file!r}")
+    if raw.get("parameters") is not None:
+        why = "applies to the prior source only; a population fit varies its own random parameters"
+        raise _fail(where, "population.parameters", why)
+    return {"source": "population", "population_fit": str((base / file).resolve())}
+
+
 def parse_trial(raw: Any, *, where: str = "trial", base: Path = Path(".")) -> TrialSpec:
-    """A :class:`TrialSpec` from parsed YAML; relative twin paths are taken from ``base``."""
+    """A :class:`TrialSpec` from parsed YAML; relative twin and population-fit paths are taken from
+    ``base``."""
     if not isinstance(raw, Mapping):
         raise InputError(f"{where}: a trial must be a YAML mapping")
     unknown = set(raw) - _TOP

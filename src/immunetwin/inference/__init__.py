@@ -15,7 +15,7 @@ posterior = sample_posterior(objective, key=jax.random.PRNGKey(1), init=fit.thet
 from immunetwin.inference.fit import MapFit, StartResult, fit_map, hessian
 from immunetwin.inference.likelihood import CALIBRATION_CONTROLS, Objective, SteadyState, compile_objective
 from immunetwin.inference.patient import patient_problem
-from immunetwin.inference.population import PopulationData, PopulationFit, fit_population
+from immunetwin.inference.population import PopulationData, PopulationFit, fit_population, load_population_fit
 from immunetwin.inference.posterior import (
     ConvergenceWarning,
     LaplaceFit,
@@ -47,6 +47,7 @@ __all__ = [
     "fit_population",
     "hessian",
     "laplace",
+    "load_population_fit",
     "patient_problem",
     "sample_posterior",
 ]

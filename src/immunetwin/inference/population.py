@@ -39,10 +39,14 @@ of :math:`\\omega_k z_{ik}` (Savic & Karlsson 2009, AAPS J 11:558).
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import arviz as az
@@ -70,6 +74,7 @@ __all__ = [
     "PopulationData",
     "PopulationFit",
     "fit_population",
+    "load_population_fit",
     "population_predictions",
 ]
 
@@ -471,6 +476,42 @@ class PopulationFit:
         omega = self._draws("omega").mean(axis=0)
         return {p: float(1.0 - eta_hat[:, k].std(ddof=1) / omega[k]) for k, p in enumerate(self.random)}
 
+    def save(self, path: str | Path) -> Path:
+        """Write the fit to one NetCDF file, read back by :func:`load_population_fit`.
+
+        The posterior groups are written as ArviZ writes them (``to_netcdf``); the other fields go, as
+        JSON, into the root attribute ``immunetwin_population_fit``. The file is written under a
+        temporary name in the same folder and renamed, so a failure leaves no partial file.
+
+        Raises:
+            InputError: ``path`` is a folder, or the file cannot be written (the message names it).
+        """
+        path = Path(path)
+        if path.is_dir():
+            raise InputError(f"{path} is a folder; give a file name such as population.nc")
+        record = {"format": _FIT_FORMAT, "random": list(self.random), "patients": list(self.patients),
+                  "sigma": self.sigma, "rhat": {k: float(v) for k, v in self.rhat.items()},
+                  "ess": {k: float(v) for k, v in self.ess.items()}, "divergences": int(self.divergences),
+                  "converged": bool(self.converged), "warnings": list(self.warnings)}  # fmt: skip
+        groups = {g: getattr(self.posterior, g) for g in self.posterior.groups()}
+        idata = az.InferenceData(attrs={**self.posterior.attrs, _FIT_ATTR: json.dumps(record)}, **groups)
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            idata.to_netcdf(tmp)
+            os.replace(tmp, path)
+        except OSError as err:
+            why = err.strerror or str(err)
+            if isinstance(err, FileExistsError | NotADirectoryError):  # a file where a folder should be
+                why = f"{err.filename or path.parent} is not a folder"
+            raise InputError(f"{path}: cannot write the population fit ({why})") from None
+        finally:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
 
 _EXTRA_FIELDS = ("diverging", "potential_energy", "num_steps", "accept_prob", "adapt_state.step_size")
 
@@ -626,3 +667,58 @@ def fit_population(
     return PopulationFit(
         random, data.patients, idata, sigma, rhat, ess, divergences, not messages, tuple(messages)
     )
+
+
+# -- saved fits -----------------------------------------------------------------------------------
+
+
+#: Root attribute of a saved fit holding every field but the posterior (JSON), and its format number.
+_FIT_ATTR = "immunetwin_population_fit"
+_FIT_FORMAT = 1
+
+
+def load_population_fit(path: str | Path) -> PopulationFit:
+    """Read a fit written by :meth:`PopulationFit.save` (the posterior is loaded into memory).
+
+    Raises:
+        InputError: the file is missing, is not a NetCDF-4 file, or holds no population fit (no
+            ``immunetwin_population_fit`` attribute, a damaged one, or no ``mu`` / ``omega`` draws);
+            the message names the path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file" if not path.exists() else f"{path}: is not a file")
+    try:
+        with az.rc_context({"data.load": "eager"}):
+            idata = az.from_netcdf(str(path))
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not a NetCDF-4 file ({err})") from None
+    attrs = dict(idata.attrs)
+    raw = attrs.pop(_FIT_ATTR, None)
+    if raw is None:
+        raise InputError(f"{path}: a NetCDF file without a population fit (no '{_FIT_ATTR}' attribute; "
+                         "write one with PopulationFit.save)")  # fmt: skip
+    try:
+        fields = _fit_fields(json.loads(raw))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise InputError(f"{path}: damaged '{_FIT_ATTR}' attribute ({err})") from None
+    if "posterior" not in idata.groups() or not {"mu", "omega"} <= set(idata.posterior.data_vars):
+        raise InputError(f"{path}: the population fit has no posterior draws of mu and omega")
+    groups = {g: getattr(idata, g) for g in idata.groups()}
+    return PopulationFit(posterior=az.InferenceData(attrs=attrs, **groups), **fields)
+
+
+def _fit_fields(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a :class:`PopulationFit` but the posterior, from the saved JSON record."""
+    if rec["format"] != _FIT_FORMAT:
+        raise ValueError(f"format {rec['format']}; this version reads {_FIT_FORMAT}")
+    return {
+        "random": tuple(map(str, rec["random"])),
+        "patients": tuple(map(str, rec["patients"])),
+        "sigma": None if rec["sigma"] is None else float(rec["sigma"]),
+        "rhat": {str(k): float(v) for k, v in rec["rhat"].items()},
+        "ess": {str(k): float(v) for k, v in rec["ess"].items()},
+        "divergences": int(rec["divergences"]),
+        "converged": bool(rec["converged"]),
+        "warnings": tuple(map(str, rec["warnings"])),
+    }
