@@ -353,6 +353,26 @@ def _shards(batch: int) -> int:
     return max(1, min(jax.local_device_count(), batch))
 
 
+#: Patients per device are padded to a multiple of this (except a cohort of one). XLA:CPU computes
+#: an element-wise loop in vector blocks (4 doubles x 4 interleaved with AVX2) and the leftover
+#: elements by scalar code, whose transcendental functions (the step-size controller's power, a
+#: model's exp or log) round differently; the step sizes then differ and a patient's trajectory
+#: would depend, within the tolerances, on its place in the chunk. With every block full, each
+#: patient's result is the same whatever the chunk size, number of workers or devices.
+LANES = 16
+
+
+def _block(chunk: int, b: int) -> tuple[int, int]:
+    """(patients per compiled call, devices sharing it) for chunks of ``chunk`` of ``b`` patients:
+    every device gets the same number, a multiple of :data:`LANES` unless the cohort is one patient."""
+    chunk = max(1, min(chunk, b))
+    shards = _shards(chunk)
+    per = -(-chunk // shards)
+    if b > 1:
+        per = -(-per // LANES) * LANES
+    return per * shards, shards
+
+
 def _run(
     model: Model,
     ts_full: np.ndarray,
@@ -367,9 +387,7 @@ def _run(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     trig0 = np.array([e.initial_value for e in model.spec.events], dtype=bool)
     b = d.shape[0]
-    chunk = max(1, min(chunk, b))
-    shards = _shards(chunk)
-    chunk = -(-chunk // shards) * shards  # every device gets the same number of patients
+    chunk, shards = _block(chunk, b)
     outs, stats, steps = [], [], []
     with jax.enable_x64(True):
         for lo in range(0, b, chunk):
