@@ -34,7 +34,11 @@ def _child(before: bool, flags: str | None) -> dict:
         env["XLA_FLAGS"] = flags
     env["IMMUNETWIN_CACHE"] = "off"
     done = subprocess.run(
-        [sys.executable, "-c", CHILD.format(before=before)], capture_output=True, text=True, env=env, check=False
+        [sys.executable, "-c", CHILD.format(before=before)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -56,7 +60,9 @@ def test_small_loops_option_is_set_before_jax_starts_and_refused_after(plain: di
 
 
 def test_small_loops_option_keeps_the_users_flags() -> None:
-    user = "--xla_backend_extra_options=xla_cpu_disable_loop_unrolling=true --xla_cpu_enable_fast_min_max=false"
+    user = (
+        "--xla_backend_extra_options=xla_cpu_disable_loop_unrolling=true --xla_cpu_enable_fast_min_max=false"
+    )
     out = _child(before=False, flags=user)
     assert out["took"][0] is True
     assert out["flags"] == (
@@ -66,3 +72,14 @@ def test_small_loops_option_keeps_the_users_flags() -> None:
     mine = _child(before=False, flags=f"--xla_backend_extra_options={OPTION}=4096")
     assert mine["took"] == [False, False]  # the user's own threshold wins
     assert mine["flags"] == f"--xla_backend_extra_options={OPTION}=4096"
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True, "1e9"])
+def test_small_loops_threshold_must_be_a_positive_integer(bad) -> None:
+    from immunetwin.errors import InputError
+    from immunetwin.runtime import compile_small_loops_whole
+
+    before = os.environ.get("XLA_FLAGS")
+    with pytest.raises(InputError, match="threshold_bytes must be a positive integer"):
+        compile_small_loops_whole(bad)
+    assert os.environ.get("XLA_FLAGS") == before

@@ -11,6 +11,8 @@ import jax
 import numpy as np
 import platformdirs
 
+from immunetwin.errors import InputError
+
 __all__ = [
     "SMALL_LOOP_BYTES",
     "compile_small_loops_whole",
@@ -74,9 +76,9 @@ def compile_small_loops_whole(threshold_bytes: int = SMALL_LOOP_BYTES) -> bool:
     operation, except loops whose buffers total under 1 kB, which it compiles whole. An adaptive ODE
     solve of one patient is hundreds of tiny operations per step, so the per-task overhead dominates:
     raising the limit made one forward-sensitivity log-likelihood gradient of ``viral_tiv`` 3x
-    faster (34 -> 12 ms) and a 3-start MAP fit 2.2x faster (see ``BENCHMARKS.md``), with the same
-    answers. The option is read from ``XLA_FLAGS`` when JAX starts its backends, so this must run
-    before the first computation; it does not change which results are computed.
+    faster (34 -> 12 ms) and a 3-start MAP fit 2.2x faster (see ``benchmarks/README.md``); results
+    agree to rounding (``tests/test_runtime.py``: 1e-12). The option is read from ``XLA_FLAGS`` when
+    JAX starts its backends, so this must run before the first computation.
 
     Args:
         threshold_bytes: loops whose buffers total fewer bytes are compiled whole.
@@ -84,7 +86,12 @@ def compile_small_loops_whole(threshold_bytes: int = SMALL_LOOP_BYTES) -> bool:
     Returns:
         Whether the setting took effect: False when JAX had already started, or when ``XLA_FLAGS``
         already sets the option (the user's choice wins).
+
+    Raises:
+        InputError: ``threshold_bytes`` is not a positive integer.
     """
+    if isinstance(threshold_bytes, bool) or not isinstance(threshold_bytes, int) or threshold_bytes < 1:
+        raise InputError(f"threshold_bytes must be a positive integer, got {threshold_bytes!r}")
     flags = os.environ.get("XLA_FLAGS", "")
     if _SMALL_LOOP_OPTION in flags or _backends_started():
         return False
