@@ -79,7 +79,7 @@ def nuts(objective):
         warnings.simplefilter("always")
         # ln A0 and k are strongly correlated here (the intercept and slope of a line): with a diagonal
         # mass matrix NUTS gets a bulk ESS of only ~0.3 per draw and the split R-hat of 4 x 500 draws
-        # scatters around 1.01 from key to key (measured: 1.004-1.012 over keys 0-2); a dense mass
+        # scatters around 1.01 from key to key (measured: 1.002-1.012 over keys 0-2); a dense mass
         # matrix gives ~0.6-0.8 per draw and R-hat <= 1.007 (keys 0-4), so the checks below test the
         # sampler rather than the luck of one key
         fit = sample_posterior(
