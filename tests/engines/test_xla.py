@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from immunetwin.engines.xla import CPU_OPTIONS, compiler_options, jit
 
@@ -14,6 +15,8 @@ def test_options_are_for_the_cpu_only_and_are_copies() -> None:
     assert opts == {"xla_cpu_use_fusion_emitters": False}
     opts["xla_cpu_use_fusion_emitters"] = True
     assert CPU_OPTIONS["xla_cpu_use_fusion_emitters"] is False
+    with pytest.raises(TypeError):
+        CPU_OPTIONS["xla_cpu_use_fusion_emitters"] = True  # type: ignore[index]
     assert compiler_options("gpu") is None
     assert compiler_options("tpu") is None
 

@@ -2,15 +2,17 @@
 
 On a CPU the engine's programs are one ``while`` loop over a few hundred small element-wise fusions.
 XLA:CPU's newer MLIR fusion emitters spend about twice as long compiling such a program as its classic
-LLVM IR emitters, for no faster code on these loops (``viral_immune``, 1,000 patients, 2-core AMD
-EPYC: compile 10.1 s -> 5 s; see ``BENCHMARKS.md``). The options are given per program
-(``jax.jit(..., compiler_options=...)``), so nothing else in the process is affected; they are also
-part of the persistent compilation cache's key.
+LLVM IR emitters (``viral_immune``, 2-core AMD EPYC: XLA compile 10.1 s -> about 5 s) for code that
+runs as fast on the 14-state model and about 10 % faster on the 2-state ``tumor_immune``, whose
+compile is short either way (measurements: ``benchmarks/README.md``, ``BENCHMARKS.md``). The options
+are given per program (``jax.jit(..., compiler_options=...)``), so nothing else in the process is
+affected; they are also part of the persistent compilation cache's key.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import jax
@@ -18,7 +20,7 @@ import jax
 __all__ = ["CPU_OPTIONS", "compiler_options", "jit"]
 
 #: XLA debug options the engine compiles its CPU programs with.
-CPU_OPTIONS: dict[str, Any] = {"xla_cpu_use_fusion_emitters": False}
+CPU_OPTIONS: Mapping[str, Any] = MappingProxyType({"xla_cpu_use_fusion_emitters": False})
 
 
 def compiler_options(backend: str | None = None) -> dict[str, Any] | None:
