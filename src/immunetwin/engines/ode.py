@@ -228,7 +228,9 @@ def _stops(model: Model, schedules: Sequence[Schedule], c_ids: tuple[str, ...]) 
     return tuple(t[rows] for t in tables)
 
 
-def _stop_tables(model: Model, schedules: Sequence[Schedule], c_ids: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+def _stop_tables(
+    model: Model, schedules: Sequence[Schedule], c_ids: tuple[str, ...]
+) -> tuple[np.ndarray, ...]:
     state_index = {s.id: i for i, s in enumerate(model.spec.states)}
     c_index = {c: i for i, c in enumerate(c_ids)}
     known = set(model.ids)
