@@ -208,3 +208,40 @@ def test_a_patients_result_does_not_depend_on_its_chunk() -> None:
         np.testing.assert_array_equal(other.values, runs[0].values)
         np.testing.assert_array_equal(other.steps, runs[0].steps)
     assert ode._block(5, 37) == (16, 1) and ode._block(40, 1) == (1, 1)
+
+
+def test_lanes_that_take_the_next_patient_change_no_result(monkeypatch) -> None:
+    """40 patients through 16 lanes (a lane whose patient finishes takes the next one) give what 48
+    lanes at once give, bit for bit, whatever the chunk: patients with 1-12 doses and events, so
+    they finish at very different steps and the lanes are refilled out of order."""
+    model, ctl = it.load_model(RELAPSE), it.Controls(rtol=1e-8, atol=1e-10)
+    rng = np.random.default_rng(3)
+    ks = rng.uniform(0.2, 3.0, 40)
+    schedules = [
+        it.Schedule(doses=tuple(it.Bolus("Y", 0.5 + 0.7 * d, 1.0) for d in range(1 + i % 12))) for i in range(40)
+    ]
+
+    def run(lanes: int, chunk: int) -> it.CohortTrajectory:
+        monkeypatch.setattr(ode, "CPU_LANES", lanes)
+        return it.simulate_cohort(
+            model, TIMES, parameters={"k": ks}, schedule=schedules, controls=ctl, chunk_size=chunk
+        )
+
+    whole = run(48, 40)
+    assert whole.ok.all() and np.ptp(whole.steps) > 50  # uneven work: the refills happen out of order
+    for lanes, chunk in ((16, 40), (16, 24)):
+        other = run(lanes, chunk)
+        np.testing.assert_array_equal(other.values, whole.values)
+        np.testing.assert_array_equal(other.steps, whole.steps)
+        np.testing.assert_array_equal(other.status, whole.status)
+
+
+def test_failures_are_recorded_per_patient_when_lanes_are_refilled(monkeypatch) -> None:
+    monkeypatch.setattr(ode, "CPU_LANES", 16)
+    model = it.load_model(BLOWUP)
+    r = np.where(np.arange(50) % 7 == 3, 1.0, 0.1)  # x(t) = 1 / (1 - r t) blows up at t = 1 for r = 1
+    coh = it.simulate_cohort(model, np.linspace(0, 2, 5), parameters={"r": r})
+    np.testing.assert_array_equal(coh.ok, r < 0.5)
+    assert set(coh.status[r > 0.5]) <= {"step_size_too_small", "non_finite_state"}
+    assert np.isnan(coh["x"][r > 0.5, -1]).all()
+    np.testing.assert_allclose(coh["x"][r < 0.5, -1], 1 / (1 - 0.1 * 2), rtol=1e-5)
