@@ -20,6 +20,10 @@ plain matrix-vector products and nothing is transposed inside the loop; the loop
 patients itself and writes outputs by a scatter, instead of the whole-carry select (output buffer
 included) that ``vmap`` of a ``while_loop`` adds to every iteration. That halves the CPU cost of a
 step of the 14-state ``viral_immune`` against ``vmap(solve_one)`` (see ``benchmarks/README.md``).
+A block runs its patients through a fixed number of *lanes*: a lane whose patient has finished takes
+the next waiting one, so a block costs about the sum of its patients' steps instead of its size times
+its slowest patient's (the usual loss of lock-step batching when patients differ, as prior-drawn ones
+do: mean 301, most 709 steps).
 
 The step-size controller is the standard one (Hairer, Nørsett & Wanner 1993, *Solving ODEs I*,
 section II.4): $h_{new} = h \\min(f_{max}, \\max(f_{min}, 0.9\\,\\mathrm{err}^{-1/q}))$ with the weighted
