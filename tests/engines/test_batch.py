@@ -218,7 +218,8 @@ def test_lanes_that_take_the_next_patient_change_no_result(monkeypatch) -> None:
     rng = np.random.default_rng(3)
     ks = rng.uniform(0.2, 3.0, 40)
     schedules = [
-        it.Schedule(doses=tuple(it.Bolus("Y", 0.5 + 0.7 * d, 1.0) for d in range(1 + i % 12))) for i in range(40)
+        it.Schedule(doses=tuple(it.Bolus("Y", 0.5 + 0.7 * d, 1.0) for d in range(1 + i % 12)))
+        for i in range(40)
     ]
 
     def run(lanes: int, chunk: int) -> it.CohortTrajectory:

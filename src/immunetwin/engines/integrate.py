@@ -329,7 +329,9 @@ def _steps(fns: _Layout, method: AbstractMethod, ctl: Controls, trig0: Any, ts: 
         c = jnp.where(hit & pick(stop_mask, kk), pick(stop_c, kk), c)
         return y, c, k + hit
 
-    def start(y0: Any, c0: Any, tab: Any, ys: Any) -> _Loop:
+    def start(y0: Any, c0: Any, tab: Any, ys: Any, dense: Any = None) -> _Loop:
+        """The loop state of patients at ``ts[0]``; ``dense``: the shape of the method's dense output
+        (from :func:`_dense_shape`, so that a caller starting patients twice traces the step once)."""
         batch = y0.shape[1:]
         t0 = jnp.broadcast_to(ts[0], batch)
         trig = jnp.broadcast_to(trig0.reshape(trig0.shape + (1,) * len(batch)), trig0.shape + batch)
@@ -338,7 +340,8 @@ def _steps(fns: _Layout, method: AbstractMethod, ctl: Controls, trig0: Any, ts: 
         y, trig = _cascade(fns, t0, y, c, trig, n_events)
         span = jnp.maximum(t_end - t0, 1e-300)
         h = _initial_step(fns.rhs, t0, y, c, span, method.order, ctl)
-        dense0 = jnp.zeros(jax.eval_shape(lambda: method.step(ode, t0, y, c, h)[2]).shape, y.dtype)
+        dense = _dense_shape(ode, method, ts, y0, c0) if dense is None else dense
+        dense0 = jnp.zeros(dense.shape, dense.dtype)
         false = jnp.zeros(batch, bool)
         return _Loop(t0, y, c, h, k, zero, ys, trig, zero, zero, false, t0, jnp.ones_like(h), y, y, dense0)
 
@@ -432,6 +435,12 @@ def _steps(fns: _Layout, method: AbstractMethod, ctl: Controls, trig0: Any, ts: 
     return _Steps(start, body, running)
 
 
+def _dense_shape(ode: ODE, method: AbstractMethod, ts: Any, y0: Any, c0: Any) -> Any:
+    """The shape and dtype of ``method``'s dense output for states like ``y0`` (traces one step)."""
+    t0 = jnp.broadcast_to(ts[0], y0.shape[1:])
+    return jax.eval_shape(lambda: method.step(ode, t0, y0, c0, jnp.ones_like(t0))[2])
+
+
 def _solve(
     fns: _Layout,
     method: AbstractMethod,
@@ -484,8 +493,9 @@ def _solve_lanes(
     b = y0.shape[1]
     steps = _steps(fns, method, ctl, trig0, ts)
     lane_tab = tuple(x[..., :lanes] for x in tables)
+    dense = _dense_shape(fns.ode, method, ts, y0[:, :lanes], c0[:, :lanes])
     # the blank lanes: shaped like started ones, finished (j = T), holding no patient
-    shapes = jax.eval_shape(lambda: steps.start(y0[:, :lanes], c0[:, :lanes], lane_tab, None))
+    shapes = jax.eval_shape(lambda: steps.start(y0[:, :lanes], c0[:, :lanes], lane_tab, None, dense))
     blank = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
     blank = blank._replace(j=jnp.full((lanes,), ts.shape[0]), ys=fns.outputs(ts.shape[0], y0))
     none = jnp.full((lanes,), b)
@@ -504,7 +514,7 @@ def _solve_lanes(
         take = free & (new < b)
         g = jnp.minimum(new, b - 1)
         tab = tuple(x[..., g] for x in tables)
-        fresh = steps.start(y0[:, g], c0[:, g], tab, q.loop.ys)
+        fresh = steps.start(y0[:, g], c0[:, g], tab, q.loop.ys, dense)
         loop = jax.tree.map(
             lambda a, o: jnp.where(take, a, o), fresh._replace(ys=None), q.loop._replace(ys=None)
         )
