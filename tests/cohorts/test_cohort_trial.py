@@ -94,6 +94,7 @@ def test_results_do_not_depend_on_chunks_or_workers(tiv: Template) -> None:
     runs = [
         run_chunks(work, pop.parameters, chunk_size=30, executor=InProcess()),
         run_chunks(work, pop.parameters, chunk_size=7, executor=InProcess()),
+        run_chunks(work, pop.parameters, chunk_size=7, executor=InProcess(overlap=3)),  # chunks in threads
         run_chunks(work, pop.parameters, chunk_size=7, executor=DaskCluster(workers=1, cpu_devices=1)),
         run_chunks(work, pop.parameters, chunk_size=4, executor=DaskCluster(workers=4, cpu_devices=1)),
     ]
@@ -103,6 +104,11 @@ def test_results_do_not_depend_on_chunks_or_workers(tiv: Template) -> None:
         for k in ref.outcomes:
             assert np.array_equal(ref.outcomes[k], other.outcomes[k], equal_nan=True), k
         assert np.array_equal(ref.steps, other.steps)
+
+
+def test_in_process_overlap_must_be_positive() -> None:
+    with pytest.raises(InputError, match="overlap must be a positive number of chunks, got 0"):
+        InProcess(overlap=0)
 
 
 def test_an_external_scheduler_gives_the_same_results(tiv: Template) -> None:

@@ -27,6 +27,7 @@ import functools
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,21 +180,48 @@ def run_chunk(work: Work, parameters: Mapping[str, np.ndarray], pad_to: int = 0)
 
 @dataclass(frozen=True)
 class InProcess:
-    """Run the chunks one after another in this process (on its default JAX device)."""
+    """Run the chunks in this process, on its default JAX device.
+
+    Attributes:
+        overlap: chunks in flight at once (threads). With 2, one chunk's endpoints are computed on
+            the host (NumPy) while the next chunk is solved on the device. Default: 2 on a GPU or
+            other accelerator, 1 on a CPU (where both would share the same cores). The first chunk
+            always runs alone, so that its programs are compiled once. Results do not depend on it.
+    """
+
+    overlap: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.overlap is not None and self.overlap < 1:
+            raise InputError(f"execution overlap must be a positive number of chunks, got {self.overlap}")
 
     @contextlib.contextmanager
     def session(
         self,
     ) -> Iterator[Callable[[Work, list[dict[str, np.ndarray]], Progress | None], list[ChunkResult]]]:
+        import jax
+
+        overlap = self.overlap or (1 if jax.default_backend() == "cpu" else 2)
+
         def run(
             work: Work, chunks: list[dict[str, np.ndarray]], progress: Progress | None
         ) -> list[ChunkResult]:
-            out = []
+            out: list[ChunkResult] = []
             size = len(next(iter(chunks[0].values())))
-            for chunk in chunks:
-                out.append(run_chunk(work, chunk, size))
+
+            def keep(result: ChunkResult) -> None:
+                out.append(result)
                 if progress is not None:
                     progress(len(out), len(chunks))
+
+            keep(run_chunk(work, chunks[0], size))
+            if overlap == 1:
+                for chunk in chunks[1:]:
+                    keep(run_chunk(work, chunk, size))
+            else:
+                with ThreadPoolExecutor(overlap, thread_name_prefix="immunetwin-chunk") as pool:
+                    for result in pool.map(lambda c: run_chunk(work, c, size), chunks[1:]):
+                        keep(result)
             return out
 
         yield run
