@@ -57,11 +57,19 @@ def _spec(**changes: object) -> object:
         ({"population": {"source": "magic"}}, r"population.source: must be 'prior'"),
         ({"allocation": [1, 2]}, r"allocation: needs one ratio per arm"),
         ({"execution": {"scheduler": 8786}}, r"execution.scheduler: must be a scheduler address"),
+        ({"execution": {"overlap": 0}}, r"execution.overlap: must be a positive whole number, got 0"),
     ],
 )
 def test_bad_trial_definitions_name_the_key(change: dict, message: str) -> None:
     with pytest.raises(InputError, match=message):
         _spec(**change)
+
+
+def test_execution_overlap_reaches_the_in_process_executor() -> None:
+    from immunetwin.cohorts.trial import _executor
+
+    assert _executor(_spec(execution={"chunk_size": 16, "overlap": 2})) == InProcess(overlap=2)
+    assert _executor(_spec()) == InProcess()  # default: decided by the device
 
 
 def test_unknown_interventions_and_endpoints_name_the_arm(tmp_path: Path) -> None:

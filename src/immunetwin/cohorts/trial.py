@@ -198,7 +198,7 @@ def _contrasts(spec: TrialSpec, template: Template, values: dict[str, dict[str, 
 def _executor(spec: TrialSpec) -> Executor:
     if spec.scheduler or spec.workers > 1:
         return DaskCluster(address=spec.scheduler, workers=spec.workers)
-    return InProcess()
+    return InProcess(overlap=spec.overlap)
 
 
 def run_trial(

@@ -28,7 +28,7 @@
     sample_size: 1000      # patients per arm
     level: 0.95
     solver: {method: rodas5p, rtol: 1.0e-6, atol: 1.0e-9}
-    execution: {chunk_size: 2048, workers: 1, scheduler: null}
+    execution: {chunk_size: 2048, workers: 1, scheduler: null}  # overlap: chunks in flight in process
 
 ``{population: fit.nc}`` draws new patients from a hierarchical population fit saved with
 :meth:`~immunetwin.inference.population.PopulationFit.save` (its random parameters vary, the others keep
@@ -89,6 +89,7 @@ class TrialSpec:
     chunk_size: int = 2048
     workers: int = 1
     scheduler: str | None = None
+    overlap: int | None = None  # in process: chunks in flight (None: 2 on a GPU, 1 on a CPU)
     where: str = field(default="trial", compare=False)
 
     @property
@@ -263,6 +264,7 @@ def parse_trial(raw: Any, *, where: str = "trial", base: Path = Path(".")) -> Tr
             chunk_size=int(_number(where, "execution.chunk_size", execution.get("chunk_size", 2048), positive=True, integer=True)),
             workers=int(_number(where, "execution.workers", execution.get("workers", 1), positive=True, integer=True)),
             scheduler=scheduler, where=where,
+            overlap=None if execution.get("overlap") is None else int(_number(where, "execution.overlap", execution["overlap"], positive=True, integer=True)),
             **_population(where, raw.get("population"), base),
         )  # fmt: skip
     except ImmunetwinError as err:
