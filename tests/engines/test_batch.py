@@ -246,3 +246,8 @@ def test_failures_are_recorded_per_patient_when_lanes_are_refilled(monkeypatch) 
     assert set(coh.status[r > 0.5]) <= {"step_size_too_small", "non_finite_state"}
     assert np.isnan(coh["x"][r > 0.5, -1]).all()
     np.testing.assert_allclose(coh["x"][r < 0.5, -1], 1 / (1 - 0.1 * 2), rtol=1e-5)
+
+
+def test_lanes_must_be_positive() -> None:
+    with pytest.raises(it.InputError, match="lanes must be a positive number of patients, got 0"):
+        integrate.solve_batch(None, it.Rodas5P(), it.Controls(), *([None] * 8), lanes=0)

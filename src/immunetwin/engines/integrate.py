@@ -187,9 +187,8 @@ class _Layout(NamedTuple):
     apply_events: Callable[..., Any]
     ode: ODE
     pick: Callable[[Any, Any], Any]  # pick(a, i) = a[i] per patient (rows of a schedule table)
-    put: Callable[
-        [Any, Any, Any, Any], Any
-    ]  # put(ys, rows, j, v): ys[rows, j] = v per lane; j out of range: none
+    # put(ys, rows, j, v): ys[rows, j] = v per lane (rows: the lanes' patients); j out of range: none
+    put: Callable[[Any, Any, Any, Any], Any]
     outputs: Callable[[int, Any], Any]  # the output buffer, NaN: (T, n) or, batched, (B, T, n)
 
 
@@ -295,6 +294,8 @@ def solve_batch(
     depend on ``lanes`` in the last bits (XLA computes a small ``dot`` by its own loop and a large one
     by Eigen, which sum in different orders), so callers keep ``lanes`` fixed.
     """
+    if lanes is not None and lanes < 1:
+        raise InputError(f"lanes must be a positive number of patients, got {lanes}")
     tables = (stop_times, stop_dy, stop_mask, stop_c)
     lanes = y0.shape[1] if lanes is None else min(lanes, y0.shape[1])
     return _solve_lanes(
