@@ -265,8 +265,11 @@ def solve_one(
     Returns:
         (ys, status, steps): outputs (T, n), status code, number of steps taken.
     """
-    args = (y0, c0, trig0, ts, stop_times, stop_dy, stop_mask, stop_c)
-    return _solve(_layout(fns, y0.shape[0], batched=False), method, ctl, *args)
+    layout, tab = _layout(fns, y0.shape[0], batched=False), (stop_times, stop_dy, stop_mask, stop_c)
+    steps = _steps(layout, method, ctl, trig0, ts)
+    init = steps.start(y0, c0, tab, layout.outputs(ts.shape[0], y0))
+    out = jax.lax.while_loop(lambda s: jnp.any(steps.running(s)), lambda s: steps.body(s, tab, None), init)
+    return out.ys, out.status, out.steps
 
 
 def solve_batch(
@@ -440,27 +443,6 @@ def _dense_shape(ode: ODE, method: AbstractMethod, ts: Any, y0: Any, c0: Any) ->
     """The shape and dtype of ``method``'s dense output for states like ``y0`` (traces one step)."""
     t0 = jnp.broadcast_to(ts[0], y0.shape[1:])
     return jax.eval_shape(lambda: method.step(ode, t0, y0, c0, jnp.ones_like(t0))[2])
-
-
-def _solve(
-    fns: _Layout,
-    method: AbstractMethod,
-    ctl: Controls,
-    y0: Any,
-    c0: Any,
-    trig0: Any,
-    ts: Any,
-    stop_times: Any,
-    stop_dy: Any,
-    stop_mask: Any,
-    stop_c: Any,
-) -> tuple[Any, Any, Any]:
-    """The adaptive loop over one patient."""
-    tab = (stop_times, stop_dy, stop_mask, stop_c)
-    steps = _steps(fns, method, ctl, trig0, ts)
-    init = steps.start(y0, c0, tab, fns.outputs(ts.shape[0], y0))
-    out = jax.lax.while_loop(lambda s: jnp.any(steps.running(s)), lambda s: steps.body(s, tab, None), init)
-    return out.ys, out.status, out.steps
 
 
 #: A batch's lanes take new patients every this many loop iterations (when some lane is free).
