@@ -141,11 +141,11 @@ from test_batch import KS, RELAPSE, TIMES, _schedules
 enable_compilation_cache(Path({cache!r}))
 model = it.load_model(RELAPSE)
 runs = []
-for _ in range(2):  # the second run reads the program the first one saved (jax.export, 2 devices)
+for _ in range(2):  # the second run reads the program the first one saved (2 devices)
     cache._solver.cache_clear()
     coh = it.simulate_cohort(model, TIMES, parameters={{"k": KS}}, schedule=_schedules(), chunk_size=4)
     runs.append(coh)
-saved = list(Path({cache!r}, "immunetwin-export").glob("*.bin"))
+saved = list(Path({cache!r}, "immunetwin-programs").glob("*.xla"))
 np.save({out!r}, runs[1].values)
 print(json.dumps({{"took": took, "devices": jax.device_count(), "saved": len(saved), "status": runs[1].status.tolist(),
                   "steps": runs[1].steps.tolist(), "same": bool(np.array_equal(runs[0].values, runs[1].values))}}))
