@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from immunetwin.engines.solvers import ODE, Dopri5, Rodas5, Rodas5P
+from immunetwin.engines.solvers import ODE, Dopri5, Rodas5, Rodas5P, dense_jacobian
 
 
 def _rhs(t, y, c):  # y' = -c0 * y + sin(t): non-autonomous, exercises the d_i * df/dt terms
@@ -61,3 +63,19 @@ def test_rosenbrock_is_stable_on_a_very_stiff_problem():
             y, _, _ = Rodas5P().step(ODE(rhs), jnp.asarray(t), y, jnp.zeros(0), jnp.asarray(0.1))
             t += 0.1
         assert abs(float(y[0]) - np.cos(2.0)) < 1e-5
+
+
+@pytest.mark.parametrize("method", [Rodas5P(), Rodas5(), Dopri5()], ids=["rodas5p", "rodas5", "dopri5"])
+@pytest.mark.parametrize("batch", [(), (3,)], ids=["one", "batch-last"])
+def test_dense_shape_is_that_of_a_step(method, batch):
+    """The engine sizes its loop state by ``dense_shape`` without tracing a step: it must be the shape
+    and dtype a traced step gives (one patient, and batch-last)."""
+    with jax.enable_x64(True):
+        y, c, t = jnp.ones((2, *batch)), jnp.full((1, *batch), 2.0), jnp.zeros(batch)
+        ode = ODE(_rhs)
+        if batch:  # as the engine lays out a block: each function vmapped over the last axis
+            jac, pattern = dense_jacobian(_rhs, 2)
+            last = partial(jax.vmap, in_axes=-1, out_axes=-1)
+            ode = ODE(last(_rhs), last(jac), pattern)
+        traced = jax.eval_shape(lambda: method.step(ode, t, y, c, jnp.ones_like(t))[2])
+        assert method.dense_shape(ode, t, y, c) == traced

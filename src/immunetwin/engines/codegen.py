@@ -150,14 +150,22 @@ class _Names:
 
 def _prelude(spec: ModelSpec, names: _Names) -> list[str]:
     """Lines that bind every quantity's value from (t, y, c)."""
-    lines = []
-    for k, st in enumerate(spec.states):
-        lines.append(f"    {names.stored(st)} = y[{k}]")
-    for k, cid in enumerate(spec.constants):
-        lines.append(f"    {names.q(cid)} = c[{k}]")
+    lines = [
+        _unpack([names.stored(st) for st in spec.states], "y"),
+        _unpack([names.q(cid) for cid in spec.constants], "c"),
+    ]
+    lines = [x for x in lines if x]
     for qid, expr in spec.derived:
         lines.append(f"    {names.q(qid)} = {names.code(expr)}")
     return lines
+
+
+def _unpack(targets: list[str], vector: str) -> str:
+    """One line binding ``targets`` to the entries of ``vector`` (empty for none). One ``unstack``
+    instead of an index per entry: tracing a model's function under ``vmap`` then costs 0.04 ms per
+    entry instead of 0.55 ms (measured: ``benchmarks/README.md``), and the function is traced several
+    times per program."""
+    return f"    {', '.join(targets)}, = jnp.unstack({vector})" if targets else ""
 
 
 def _stack(items: list[str]) -> str:
@@ -231,12 +239,13 @@ def _source(spec: ModelSpec) -> str:
 
     # init
     out.append("def init(d, m, t):")
-    for i in names.index.values():
-        out.append(f"    d{i} = d[{i}]")
+    # d and m have one row per quantity, in the order of names.index (0, 1, ...)
+    out.append(_unpack([f"d{i}" for i in range(len(names.index))], "d"))
+    out.append(_unpack([f"m{i}" for i in range(len(names.index))], "m"))
     start = dict(spec.start)
     for qid in spec.start_order:
         i = names.index[qid]
-        out.append(f"    q{i} = jnp.where(m[{i}], d{i}, {names.code(start[qid])})")
+        out.append(f"    q{i} = jnp.where(m{i}, d{i}, {names.code(start[qid])})")
     y0 = []
     for st in spec.states:
         info = spec.info(st.id)
@@ -280,9 +289,9 @@ def _source(spec: ModelSpec) -> str:
             new[target] = f"n_{names.index[target]}_{e_idx}"
             out.append(f"    {new[target]} = jnp.where(fire[{e_idx}], {var}, {prev})")
     y_new = []
-    for k, st in enumerate(spec.states):
+    for st in spec.states:
         if st.id not in new:
-            y_new.append(f"y[{k}]")
+            y_new.append(names.stored(st))
             continue
         info = spec.info(st.id)
         value = new[st.id]

@@ -308,11 +308,13 @@ def solve_batch(
 
 class _Steps(NamedTuple):
     """The loop's pieces for one layout: ``start`` (patients' initial loop state), ``body`` (one
-    output write and one step attempt) and ``running`` (which patients still need iterations)."""
+    output write and one step attempt), ``running`` (which patients still need iterations) and
+    ``blank`` (lanes holding no patient)."""
 
     start: Callable[..., _Loop]
     body: Callable[..., _Loop]
     running: Callable[[_Loop], Any]
+    blank: Callable[..., _Loop]
 
 
 def _steps(fns: _Layout, method: AbstractMethod, ctl: Controls, trig0: Any, ts: Any) -> _Steps:
@@ -333,9 +335,8 @@ def _steps(fns: _Layout, method: AbstractMethod, ctl: Controls, trig0: Any, ts: 
         c = jnp.where(hit & pick(stop_mask, kk), pick(stop_c, kk), c)
         return y, c, k + hit
 
-    def start(y0: Any, c0: Any, tab: Any, ys: Any, dense: Any = None) -> _Loop:
-        """The loop state of patients at ``ts[0]``; ``dense``: the shape of the method's dense output
-        (from :func:`_dense_shape`, so that a caller starting patients twice traces the step once)."""
+    def start(y0: Any, c0: Any, tab: Any, ys: Any) -> _Loop:
+        """The loop state of patients at ``ts[0]``."""
         batch = y0.shape[1:]
         t0 = jnp.broadcast_to(ts[0], batch)
         trig = jnp.broadcast_to(trig0.reshape(trig0.shape + (1,) * len(batch)), trig0.shape + batch)
@@ -343,11 +344,25 @@ def _steps(fns: _Layout, method: AbstractMethod, ctl: Controls, trig0: Any, ts: 
         y, c, k = apply_stop(tab, t0, y0, c0, zero, jnp.ones(batch, bool))
         y, trig = _cascade(fns, t0, y, c, trig, n_events)
         span = jnp.maximum(t_end - t0, 1e-300)
-        h = _initial_step(fns.rhs, t0, y, c, span, method.order, ctl)
-        dense = _dense_shape(ode, method, ts, y0, c0) if dense is None else dense
+        h = _initial_step(fns.rhs, t0, y, c, span, method.order, ctl).astype(t0.dtype)
+        dense = _dense_shape(ode, method, ts, y0, c0)
         dense0 = jnp.zeros(dense.shape, dense.dtype)
         false = jnp.zeros(batch, bool)
         return _Loop(t0, y, c, h, k, zero, ys, trig, zero, zero, false, t0, jnp.ones_like(h), y, y, dense0)
+
+    def blank(y0: Any, c0: Any, tab: Any, ys: Any) -> _Loop:
+        """Lanes that hold no patient: shaped and typed like :func:`start`'s (a mismatch fails the
+        loop's trace), finished (``j`` = T). Built without tracing ``start``, for compile time."""
+        batch = y0.shape[1:]
+        real = jnp.zeros(batch, ts.dtype)
+        y = jnp.zeros(y0.shape, jnp.result_type(y0.dtype, tab[1].dtype))
+        c = jnp.zeros(c0.shape, jnp.result_type(c0.dtype, tab[3].dtype))
+        zero, false = jnp.zeros(batch, int), jnp.zeros(batch, bool)
+        dense = _dense_shape(ode, method, ts, y0, c0)
+        trig = jnp.zeros(trig0.shape + batch, bool)
+        done = jnp.full(batch, n_out)
+        dense0 = jnp.zeros(dense.shape, dense.dtype)
+        return _Loop(real, y, c, real, zero, done, ys, trig, zero, zero, false, real, real, y, y, dense0)
 
     def running(s: _Loop) -> Any:
         return (s.j < n_out) & (s.status == 0)
@@ -436,13 +451,12 @@ def _steps(fns: _Layout, method: AbstractMethod, ctl: Controls, trig0: Any, ts: 
             dense=jnp.where(accept, dense, s.dense),
         )
 
-    return _Steps(start, body, running)
+    return _Steps(start, body, running, blank)
 
 
 def _dense_shape(ode: ODE, method: AbstractMethod, ts: Any, y0: Any, c0: Any) -> Any:
-    """The shape and dtype of ``method``'s dense output for states like ``y0`` (traces one step)."""
-    t0 = jnp.broadcast_to(ts[0], y0.shape[1:])
-    return jax.eval_shape(lambda: method.step(ode, t0, y0, c0, jnp.ones_like(t0))[2])
+    """The shape and dtype of ``method``'s dense output for states like ``y0``."""
+    return method.dense_shape(ode, jnp.broadcast_to(ts[0], y0.shape[1:]), y0, c0)
 
 
 #: A batch's lanes take new patients every this many loop iterations (when some lane is free).
@@ -476,11 +490,7 @@ def _solve_lanes(
     b = y0.shape[1]
     steps = _steps(fns, method, ctl, trig0, ts)
     lane_tab = tuple(x[..., :lanes] for x in tables)
-    dense = _dense_shape(fns.ode, method, ts, y0[:, :lanes], c0[:, :lanes])
-    # the blank lanes: shaped like started ones, finished (j = T), holding no patient
-    shapes = jax.eval_shape(lambda: steps.start(y0[:, :lanes], c0[:, :lanes], lane_tab, None, dense))
-    blank = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
-    blank = blank._replace(j=jnp.full((lanes,), ts.shape[0]), ys=fns.outputs(ts.shape[0], y0))
+    blank = steps.blank(y0[:, :lanes], c0[:, :lanes], lane_tab, fns.outputs(ts.shape[0], y0))
     none = jnp.full((lanes,), b)
 
     def record(q: _Queue) -> tuple[Any, Any]:
@@ -497,7 +507,7 @@ def _solve_lanes(
         take = free & (new < b)
         g = jnp.minimum(new, b - 1)
         tab = tuple(x[..., g] for x in tables)
-        fresh = steps.start(y0[:, g], c0[:, g], tab, q.loop.ys, dense)
+        fresh = steps.start(y0[:, g], c0[:, g], tab, q.loop.ys)
         loop = jax.tree.map(
             lambda a, o: jnp.where(take, a, o), fresh._replace(ys=None), q.loop._replace(ys=None)
         )

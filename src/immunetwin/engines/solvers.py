@@ -173,6 +173,11 @@ class AbstractMethod:
     def interpolate(self, y0: Any, y1: Any, dense: Any, theta: Any, h: Any) -> Any:
         raise NotImplementedError
 
+    def dense_shape(self, ode: ODE, t: Any, y: Any, c: Any) -> jax.ShapeDtypeStruct:
+        """Shape and dtype of :meth:`step`'s dense output for states like ``y`` (here by tracing one
+        step; the methods below know it without tracing, which saves compile time)."""
+        return jax.eval_shape(lambda: self.step(ode, t, y, c, jnp.ones_like(t))[2])
+
 
 def _rosenbrock_arrays(tab: RosenbrockTableau) -> tuple[np.ndarray, ...]:
     """Uniform stage form: u_i = y + A[i] @ K (rows 7, 8 and the solution row 9 included)."""
@@ -225,6 +230,11 @@ class _Rosenbrock(AbstractMethod):
         ks = jax.lax.fori_loop(0, 8, stage, jnp.zeros((8, *y.shape), y.dtype))
         y1 = y + _combine(jnp.asarray(A)[8], ks)
         return y1, ks[7], _combine(jnp.asarray(H), ks)
+
+    def dense_shape(self, ode: ODE, t: Any, y: Any, c: Any) -> jax.ShapeDtypeStruct:
+        """``H @ K``: one row per row of H, each shaped like ``y``."""
+        dtype = jnp.result_type(y.dtype, jnp.asarray(self.tableau.H).dtype)
+        return jax.ShapeDtypeStruct((len(self.tableau.H), *y.shape), dtype)
 
     def interpolate(self, y0: Any, y1: Any, dense: Any, theta: Any, h: Any) -> Any:
         th1 = 1.0 - theta
@@ -409,6 +419,10 @@ class _Explicit(AbstractMethod):
         y1 = y + h * _combine(jnp.asarray(tab.b), ks)
         err = h * _combine(jnp.asarray(tab.b_err), ks)
         return y1, err, jnp.stack([ks[0], ks[-1]])
+
+    def dense_shape(self, ode: ODE, t: Any, y: Any, c: Any) -> jax.ShapeDtypeStruct:
+        """The first and last stage derivatives, each shaped like ``y``."""
+        return jax.ShapeDtypeStruct((2, *y.shape), y.dtype)
 
     def interpolate(self, y0: Any, y1: Any, dense: Any, theta: Any, h: Any) -> Any:
         # cubic Hermite through (y0, f0), (y1, f1)
