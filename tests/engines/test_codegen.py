@@ -58,3 +58,20 @@ def test_symbolic_jacobian_matches_autodiff_including_zero_states():
                 dense[i, j] = vals[k]
             np.testing.assert_allclose(dense, jax.jacfwd(fns.rhs, argnums=1)(t, y, c), rtol=1e-12, atol=1e-14)
             np.testing.assert_allclose(dfdt, jax.jacfwd(fns.rhs, argnums=0)(t, y, c), rtol=1e-12, atol=1e-14)
+
+
+def test_observe_columns_are_those_of_the_full_observe():
+    """``observe(..., columns)`` gives the chosen quantities of the full output, in the given order
+    (concentrations of amount-stored species and assignment rules included); none: an empty vector."""
+    model = it.load_model(MODEL)
+    fns = model.functions
+    ids = model.ids
+    with jax.enable_x64(True):
+        y = jnp.array([2.0, 0.5])
+        c = jnp.asarray(np.linspace(0.5, 2.0, len(model.spec.constants)))
+        full = np.asarray(fns.observe(0.7, y, c))
+        assert full.shape == (len(ids),)
+        cols = (ids.index("s"), ids.index("B"), ids.index("k1"))
+        np.testing.assert_array_equal(np.asarray(fns.observe(0.7, y, c, cols)), full[list(cols)])
+        assert full[ids.index("s")] == full[ids.index("A")] + full[ids.index("B")]
+        assert np.asarray(fns.observe(0.7, y, c, ())).shape == (0,)

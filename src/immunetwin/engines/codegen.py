@@ -263,9 +263,15 @@ def _source(spec: ModelSpec) -> str:
     out.append("")
 
     # observe
-    out.append("def observe(t, y, c):")
+    # observe(t, y, c, columns=None): every quantity, or only those at ``columns`` (a tuple of
+    # indices): the others are then never computed (XLA keeps them all behind a gather)
+    out.append("def observe(t, y, c, columns=None):")
     out.extend(pre)
-    out.append(f"    return {_stack([names.q(q.id) for q in spec.quantities])}")
+    out.append(f"    values = ({''.join(names.q(q.id) + ', ' for q in spec.quantities)})")
+    out.append("    picked = values if columns is None else [values[i] for i in columns]")
+    out.append("    if not picked:")
+    out.append("        return jnp.zeros((0,), dtype=jnp.float64)")
+    out.append("    return jnp.stack([jnp.asarray(v, dtype=jnp.float64) for v in picked])")
     out.append("")
 
     # triggers

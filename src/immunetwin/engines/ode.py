@@ -295,8 +295,18 @@ def _one(
     return _observe(fns, ts, ys, c0, st, smask, sval), status, steps
 
 
-def _observe(fns: GeneratedFunctions, ts: Any, ys: Any, c0: Any, st: Any, smask: Any, sval: Any) -> Any:
-    """Every quantity at the output times (T, nq) from one patient's states ``ys`` (T, n)."""
+def _observe(
+    fns: GeneratedFunctions,
+    ts: Any,
+    ys: Any,
+    c0: Any,
+    st: Any,
+    smask: Any,
+    sval: Any,
+    columns: tuple[int, ...] | None = None,
+) -> Any:
+    """The quantities at ``columns`` (every one for ``None``) at the output times (T, nq) from one
+    patient's states ``ys`` (T, n)."""
 
     def c_at(t: Any) -> Any:  # constants at output time t (inputs switched at or before t)
         def body(k: int, c: Any) -> Any:
@@ -304,7 +314,7 @@ def _observe(fns: GeneratedFunctions, ts: Any, ys: Any, c0: Any, st: Any, smask:
 
         return jax.lax.fori_loop(0, st.shape[0], body, c0)
 
-    return jax.vmap(lambda t, y: fns.observe(t, y, c_at(t)))(ts, ys)
+    return jax.vmap(lambda t, y: fns.observe(t, y, c_at(t), columns))(ts, ys)
 
 
 @partial(jax.jit, static_argnames=("fns", "method", "ctl", "columns"))
@@ -327,9 +337,8 @@ def _solve_batch(
     y0, c0 = jax.vmap(fns.init, in_axes=(0, 0, None), out_axes=-1)(d, m, ts[0])
     last = [jnp.moveaxis(x, 0, -1) for x in (st, sdy, smask, sval)]
     ys, status, steps = solve_batch(fns, method, ctl, y0, c0, trig0, ts, *last, lanes=_lanes())
-    obs = jax.vmap(partial(_observe, fns, ts), in_axes=(0, -1, 0, 0, 0))(ys, c0, st, smask, sval)
-    if columns is not None:
-        obs = obs[..., np.asarray(columns, dtype=int)]
+    observe = partial(_observe, fns, ts, columns=columns)
+    obs = jax.vmap(observe, in_axes=(0, -1, 0, 0, 0))(ys, c0, st, smask, sval)
     return obs, status, steps
 
 
