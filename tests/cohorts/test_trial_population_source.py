@@ -98,6 +98,10 @@ def test_missing_fit_names_file_and_key(tmp_path: Path) -> None:
             {"source": {"population": "fit.nc"}, "parameters": ["p"]},
             r"^trial\.yaml: population\.parameters: applies to the prior source only",
         ),
+        (
+            {"source": {"twins": ["a.zip"]}, "parameters": ["p"]},
+            r"^trial\.yaml: population\.parameters: applies to the prior source only; twins perturb",
+        ),
         ({"source": {"population": 3}}, r"^trial\.yaml: population\.source\.population: must be the path"),
         (
             {"source": {"population": "fit.nc", "twins": ["a.zip"]}},

@@ -175,6 +175,9 @@ def _population(where: str, raw: Any, base: Path) -> dict[str, Any]:
         out |= _population_fit(where, raw, source, base)
     elif isinstance(source, Mapping) and "twins" in source:
         files = source["twins"]
+        if raw.get("parameters") is not None:
+            why = "applies to the prior source only; twins perturb their own personalised parameters"
+            raise _fail(where, "population.parameters", why)
         if not isinstance(files, list) or not files:
             raise _fail(where, "population.source.twins", "must be a non-empty list of twin files")
         spread = _number(where, "population.source.spread", source.get("spread", 0.1))
