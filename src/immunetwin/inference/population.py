@@ -20,9 +20,17 @@ the template's value. A patient's measurements :math:`y_{ij}` of one observable 
 
 with :math:`\\sigma` the template's noise sd (fixed) or estimated with a half-normal prior. This is the
 nonlinear mixed-effects model of population pharmacometrics (Lavielle 2014, *Mixed Effects Models for
-the Population Approach*, ch. 1), sampled jointly with NUTS (Hoffman & Gelman 2014, JMLR 15:1593) in
-the non-centred form :math:`\\mu + \\omega z`, which avoids the funnel of sparse-data hierarchies
-(Betancourt & Girolami 2015, in *Current Trends in Bayesian Methodology*, ch. 4).
+the Population Approach*, ch. 1), sampled jointly with NUTS (Hoffman & Gelman 2014, JMLR 15:1593).
+
+Parameterisation and start. By default NUTS samples the centred form (each patient's
+:math:`\\log\\theta_i` given :math:`\\mu, \\omega`), which suits cohorts whose patients each have
+informative data; the non-centred form :math:`\\mu + \\omega z` suits sparse data, where the centred
+one has a funnel (Betancourt & Girolami 2015, in *Current Trends in Bayesian Methodology*, ch. 4).
+The chains start from draws of a Laplace approximation (:mod:`.population_start`) and NUTS keeps its
+covariance as the mass matrix, adapting the step size only: NumPyro's dense mass-matrix windows of a
+short warm-up estimate a 64 x 64 covariance from 25-100 draws, and on the 30-patient ``viral_immune``
+test cohort that estimate sent the late warm-up back to the tree-depth limit (63 leapfrog steps per
+iteration) where the Laplace metric had kept 7-31.
 
 Gradients. The likelihood is a sum over patients and patient ``i``'s term depends only on
 :math:`\\theta_i`, so the simulated observables are a batched map :math:`(P, K) \\to (P, T)`
@@ -39,29 +47,42 @@ of :math:`\\omega_k z_{ik}` (Savic & Karlsson 2009, AAPS J 11:558).
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
-import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pandas as pd
+from numpyro import handlers
 from numpyro.infer import MCMC, NUTS
+from numpyro.infer.util import potential_energy
 
 from immunetwin.engines.codegen import compile_expressions, quantity_index
 from immunetwin.engines.integrate import Controls, solve_one
 from immunetwin.engines.solvers import AbstractMethod, Rodas5P
 from immunetwin.errors import InputError, UnknownIdError
+from immunetwin.inference.population_fit import (
+    ESS_MIN,
+    NUTS_FIELDS,
+    RHAT_THRESHOLD,
+    Estimate,
+    PopulationFit,
+    diagnose,
+    inference_data,
+    load_population_fit,
+)
+from immunetwin.inference.population_start import (
+    Layout,
+    data_curvature,
+    empirical_bayes_start,
+    laplace_start,
+)
 from immunetwin.inference.posterior import ConvergenceWarning
 from immunetwin.templates import Template
 from immunetwin.templates.metadata import parse_expression
@@ -83,15 +104,6 @@ __all__ = [
 #: log10 viral load is within 3e-4 of a 1e-10 solve, 1,000 times below the noise sd (0.5), with half
 #: the steps of rtol 1e-5.
 POPULATION_CONTROLS = Controls(rtol=1e-4, atol=1e-6)
-
-#: R-hat above which a fit is not called converged (Gelman & Rubin's classic 1.1 is too lax; 1.01
-#: (Vehtari et al. 2021, Bayesian Anal 16:667) needs thousands of draws; 1.05 is the usual middle).
-RHAT_THRESHOLD = 1.05
-
-#: Smallest bulk effective sample size of any variable for a fit to count as converged. Vehtari et al.
-#: (2021) ask 400 for fine summaries; 100 keeps the Monte Carlo error of a posterior mean at a tenth of
-#: its posterior sd (MCSE = sd / sqrt(ESS)), enough for the coarse summaries of a short population run.
-ESS_MIN = 100.0
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -245,6 +257,35 @@ def _patient_simulator(
     return one
 
 
+def _prediction_functions(
+    template: Template,
+    observable: str,
+    random: tuple[str, ...],
+    times: Any,
+    solver: AbstractMethod,
+    controls: Controls,
+) -> tuple[Callable[[Any], tuple[Any, Any]], Callable[[Any], tuple[Any, Any, Any]]]:
+    """``value(log_theta (P, K)) -> (h (P, T), ok (P,))`` and ``jacobian(log_theta) -> (h, ok, jac
+    (P, T, K))``: the cohort's simulated observable and its forward sensitivities (non-finite
+    entries of a failed solve set to 0), batched over patients."""
+    one = _patient_simulator(template, observable, random, solver, controls)
+    ts = jnp.asarray(np.asarray(times, dtype=float))
+
+    def value(lt: Any, t: Any) -> tuple[Any, Any]:
+        h, ok = one(lt, t)
+        return h, ok.astype(h.dtype)
+
+    def with_jacobian(lt: Any, t: Any) -> tuple[Any, Any, Any]:
+        def f(x: Any) -> tuple[Any, Any]:
+            h, ok = value(x, t)
+            return h, (h, ok)
+
+        jac, (h, ok) = jax.jacfwd(f, has_aux=True)(lt)
+        return h, ok, jnp.where(jnp.isfinite(jac), jac, 0.0)
+
+    return (lambda lt: jax.vmap(value)(lt, ts)), (lambda lt: jax.vmap(with_jacobian)(lt, ts))
+
+
 def population_predictions(
     template: Template,
     observable: str,
@@ -260,27 +301,22 @@ def population_predictions(
     (batched over patients with ``jax.vmap``); the backward pass contracts it with the cotangent.
     Must be traced and run inside ``with jax.enable_x64(True):``.
     """
-    one = _patient_simulator(template, observable, tuple(random), solver or Rodas5P(), controls)
-    ts = jnp.asarray(np.asarray(times, dtype=float))
+    return _differentiable(
+        *_prediction_functions(template, observable, tuple(random), times, solver or Rodas5P(), controls)
+    )
 
-    def value(lt: Any, t: Any) -> tuple[Any, Any]:
-        h, ok = one(lt, t)
-        return h, ok.astype(h.dtype)
 
-    def with_jacobian(lt: Any, t: Any) -> tuple[Any, Any, Any]:
-        def f(x: Any) -> tuple[Any, Any]:
-            h, ok = value(x, t)
-            return h, (h, ok)
-
-        jac, (h, ok) = jax.jacfwd(f, has_aux=True)(lt)
-        return h, ok, jnp.where(jnp.isfinite(jac), jac, 0.0)
+def _differentiable(
+    value: Callable[[Any], tuple[Any, Any]], jacobian: Callable[[Any], tuple[Any, Any, Any]]
+) -> Callable[[Any], tuple[Any, Any]]:
+    """``value`` with a ``custom_vjp`` whose forward pass keeps ``jacobian``'s blocks."""
 
     @jax.custom_vjp
     def predict(log_theta: Any) -> tuple[Any, Any]:
-        return jax.vmap(value)(log_theta, ts)
+        return value(log_theta)
 
     def fwd(log_theta: Any) -> tuple[tuple[Any, Any], Any]:
-        h, ok, jac = jax.vmap(with_jacobian)(log_theta, ts)
+        h, ok, jac = jacobian(log_theta)
         return (h, ok), jac
 
     def bwd(jac: Any, cotangent: tuple[Any, Any]) -> tuple[Any]:
@@ -308,18 +344,6 @@ def _loglik(h: Any, ok: Any, sigma: Any, data: PopulationData) -> Any:
 # -- the hierarchical model -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Estimate:
-    """A posterior summary: median and equal-tailed credible interval ``[lower, upper]``."""
-
-    median: float
-    lower: float
-    upper: float
-
-    def contains(self, value: float) -> bool:
-        return self.lower <= value <= self.upper
-
-
 def _population_priors(template: Template, random: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Normal priors of ``mu`` from the template's log-normal priors: (log median, log sd)."""
     loc, scale = [], []
@@ -344,15 +368,23 @@ def _numpyro_model(
     omega_scale: float,
     sigma: float | None,
     sigma_scale: float,
+    centred: bool = False,
 ) -> Callable[[], None]:
-    """The NumPyro model of the module docstring (sites ``mu``, ``omega``, ``z``, ``sigma``)."""
+    """The NumPyro model of the module docstring (sites ``mu``, ``omega``, ``z`` / ``log_theta``,
+    ``sigma``): non-centred samples ``z`` (``log_theta`` deterministic), centred ``log_theta``
+    (``z`` deterministic)."""
     n_p, n_k = data.n_patients, len(mu_prior[0])
 
     def model() -> None:
         mu = numpyro.sample("mu", dist.Normal(jnp.asarray(mu_prior[0]), jnp.asarray(mu_prior[1])).to_event(1))
         omega = numpyro.sample("omega", dist.HalfNormal(omega_scale * jnp.ones(n_k)).to_event(1))
-        z = numpyro.sample("z", dist.Normal(jnp.zeros((n_p, n_k)), 1.0).to_event(2))
-        log_theta = numpyro.deterministic("log_theta", mu + omega * z)
+        if centred:
+            shape = (n_p, n_k)
+            log_theta = numpyro.sample("log_theta", dist.Normal(jnp.broadcast_to(mu, shape), jnp.broadcast_to(omega, shape)).to_event(2))  # fmt: skip
+            numpyro.deterministic("z", (log_theta - mu) / omega)
+        else:
+            z = numpyro.sample("z", dist.Normal(jnp.zeros((n_p, n_k)), 1.0).to_event(2))
+            log_theta = numpyro.deterministic("log_theta", mu + omega * z)
         s = numpyro.sample("sigma", dist.HalfNormal(sigma_scale)) if sigma is None else sigma
         h, ok = predict(log_theta)
         numpyro.factor("loglik", jnp.sum(_loglik(h, ok, s, data)))
@@ -361,7 +393,7 @@ def _numpyro_model(
 
 
 def _initial_values(
-    key: Any, chains: int, mu_loc: np.ndarray, n_p: int, sigma: float | None, sigma0: float
+    key: Any, chains: int, mu_loc: np.ndarray, n_p: int, sigma: float | None, sigma0: float, centred: bool
 ) -> dict[str, Any]:
     """Dispersed starts per chain, in NumPyro's unconstrained space (log for ``omega``, ``sigma``).
 
@@ -377,188 +409,74 @@ def _initial_values(
     }
     if sigma is None:
         init["sigma"] = math.log(sigma0) + 0.2 * jax.random.normal(k_s, (chains,))
+    if centred:
+        init["log_theta"] = init["mu"][:, None, :] + jnp.exp(init["omega"])[:, None, :] * init.pop("z")
     return init
 
 
-# -- result -----------------------------------------------------------------------------------------
+def _laplace_inits(
+    key: Any,
+    chains: int,
+    model: Callable[[], None],
+    jacobian: Callable[[Any], tuple[Any, Any, Any]],
+    data: PopulationData,
+    layout: Layout,
+    mu_prior: tuple[np.ndarray, np.ndarray],
+    sigma: float | None,
+    sigma0: float,
+    omega0: float,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Chain starts drawn from a Laplace approximation, and its covariance (the inverse mass matrix,
+    in :class:`Layout` order): at the joint mode in the non-centred form, at the empirical-Bayes point
+    in the centred form (``omega0`` its first ``omega``); see :mod:`.population_start`.
 
-
-def _summary(draws: np.ndarray, prob: float) -> Estimate:
-    lo, med, hi = np.quantile(draws, [(1 - prob) / 2, 0.5, (1 + prob) / 2])
-    return Estimate(float(med), float(lo), float(hi))
-
-
-@dataclass(frozen=True, eq=False)
-class PopulationFit:
-    """A sampled population model (see the module docstring).
-
-    Attributes:
-        random: ids of the parameters with random effects (the ``parameter`` coordinate).
-        patients: patient ids (the ``patient`` coordinate).
-        posterior: ArviZ ``InferenceData``: ``mu``, ``omega``, ``z``, ``log_theta`` (individual log
-            values), ``theta`` (individual values), ``sigma`` if estimated; ``sample_stats`` of NUTS.
-        sigma: the fixed noise sd, or ``None`` when it was estimated.
-        rhat: largest split R-hat per variable (``mu``, ``omega``, ``log_theta``, ``sigma``).
-        ess: smallest bulk ESS per variable.
-        divergences: divergent transitions after warm-up.
-        converged: every R-hat ``<= RHAT_THRESHOLD`` (1.05), every bulk ESS ``>= ESS_MIN`` (100)
-            and no divergence.
-        warnings: plain-language reasons why the fit is not converged (empty when it is).
+    Each start is ``mode + L e`` (``L L^T`` the covariance, ``e`` standard normal), halved toward the
+    mode while its density is not finite (a solve that fails there).
     """
 
-    random: tuple[str, ...]
-    patients: tuple[str, ...]
-    posterior: az.InferenceData = field(repr=False)
-    sigma: float | None
-    rhat: Mapping[str, float]
-    ess: Mapping[str, float]
-    divergences: int
-    converged: bool
-    warnings: tuple[str, ...] = ()
+    def energy(u: Any) -> Any:
+        return potential_energy(model, (), {}, layout.split(u))
 
-    def summary(self) -> pd.DataFrame:
-        """ArviZ summary (mean, sd, HDI, MCSE, ESS, R-hat) of the population parameters."""
-        names = [n for n in ("mu", "omega", "sigma") if n in self.posterior.posterior]
-        return az.summary(self.posterior, var_names=names)
+    def prior_energy(u: Any) -> Any:
+        return potential_energy(handlers.block(model, hide=["loglik"]), (), {}, layout.split(u))
 
-    def draws(self, name: str) -> np.ndarray:
-        """Posterior draws of a variable (``mu``, ``omega``, ``theta``, ...) with chains and draws
-        stacked first: (S, ...); ``mu`` and ``omega`` are (S, len(random)) on the log scale."""
-        if name not in self.posterior.posterior:
-            raise UnknownIdError("posterior variable", name, tuple(self.posterior.posterior.data_vars))
-        return self._draws(name)
+    value_and_grad = jax.jit(jax.value_and_grad(energy))
+    prior_hessian = jax.jit(jax.hessian(prior_energy))
+    jac_fn = jax.jit(jacobian)
 
-    def _draws(self, name: str) -> np.ndarray:
-        """Draws of a variable with chains and draws stacked first: (S, ...)."""
-        values = np.asarray(self.posterior.posterior[name].values)
-        return values.reshape(-1, *values.shape[2:])
+    def potential(u: np.ndarray) -> tuple[float, np.ndarray]:
+        f, g = value_and_grad(jnp.asarray(u))
+        return float(f), np.asarray(g)
 
-    def median(self, prob: float = 0.95) -> dict[str, Estimate]:
-        """Population median ``exp(mu_k)`` of each random parameter (linear scale)."""
-        mu = np.exp(self._draws("mu"))
-        return {p: _summary(mu[:, k], prob) for k, p in enumerate(self.random)}
+    def curvature(u: np.ndarray) -> np.ndarray:
+        noise = float(np.exp(layout.split(u)["sigma"])) if layout.sigma else float(sigma)  # type: ignore[arg-type]
+        h, _, jac = jac_fn(jnp.asarray(layout.log_theta(u)))
+        data_part = data_curvature(
+            layout, u, np.asarray(h), np.asarray(jac), data.mask, data.censored, data.values, noise
+        )
+        return data_part + np.asarray(prior_hessian(jnp.asarray(u)))
 
-    def mu(self, prob: float = 0.95) -> dict[str, Estimate]:
-        """Population means ``mu_k`` of the log parameters."""
-        mu = self._draws("mu")
-        return {p: _summary(mu[:, k], prob) for k, p in enumerate(self.random)}
-
-    def omega(self, prob: float = 0.95) -> dict[str, Estimate]:
-        """Between-patient sds ``omega_k`` of the log parameters."""
-        om = self._draws("omega")
-        return {p: _summary(om[:, k], prob) for k, p in enumerate(self.random)}
-
-    def noise(self, prob: float = 0.95) -> Estimate:
-        """The measurement noise sd (a point interval when it was fixed)."""
-        if self.sigma is not None:
-            return Estimate(self.sigma, self.sigma, self.sigma)
-        return _summary(self._draws("sigma"), prob)
-
-    def individual(self, patient: int | str, prob: float = 0.95) -> dict[str, Estimate]:
-        """One patient's parameter values (linear scale), by row index or patient id."""
-        if isinstance(patient, str):
-            if patient not in self.patients:
-                raise UnknownIdError("patient", patient, self.patients)
-            patient = self.patients.index(patient)
-        if not -len(self.patients) <= patient < len(self.patients):
-            raise InputError(f"patient index {patient} out of range for {len(self.patients)} patients")
-        theta = np.exp(self._draws("log_theta")[:, patient])
-        return {p: _summary(theta[:, k], prob) for k, p in enumerate(self.random)}
-
-    def shrinkage(self) -> dict[str, float]:
-        """Eta-shrinkage ``1 - sd_i(E[eta_ik]) / E[omega_k]`` (Savic & Karlsson 2009, AAPS J 11:558).
-
-        ``eta_ik = log_theta_ik - mu_k``; 0 when every patient's data pin down their own value, 1 when
-        every individual estimate equals the population value.
-        """
-        eta = self._draws("log_theta") - self._draws("mu")[:, None, :]
-        eta_hat = eta.mean(axis=0)  # (P, K)
-        omega = self._draws("omega").mean(axis=0)
-        return {p: float(1.0 - eta_hat[:, k].std(ddof=1) / omega[k]) for k, p in enumerate(self.random)}
-
-    def save(self, path: str | Path) -> Path:
-        """Write the fit to one NetCDF file, read back by :func:`load_population_fit`.
-
-        The posterior groups are written as ArviZ writes them (``to_netcdf``); the other fields go, as
-        JSON, into the root attribute ``immunetwin_population_fit``. The file is written under a
-        temporary name in the same folder and renamed, so a failure leaves no partial file.
-
-        Raises:
-            InputError: ``path`` is a folder, or the file cannot be written (the message names it).
-        """
-        path = Path(path)
-        if path.is_dir():
-            raise InputError(f"{path} is a folder; give a file name such as population.nc")
-        record = {"format": _FIT_FORMAT, "random": list(self.random), "patients": list(self.patients),
-                  "sigma": self.sigma, "rhat": {k: float(v) for k, v in self.rhat.items()},
-                  "ess": {k: float(v) for k, v in self.ess.items()}, "divergences": int(self.divergences),
-                  "converged": bool(self.converged), "warnings": list(self.warnings)}  # fmt: skip
-        groups = {g: getattr(self.posterior, g) for g in self.posterior.groups()}
-        idata = az.InferenceData(attrs={**self.posterior.attrs, _FIT_ATTR: json.dumps(record)}, **groups)
-        tmp = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            os.close(fd)
-            idata.to_netcdf(tmp)
-            os.replace(tmp, path)
-        except OSError as err:
-            why = err.strerror or str(err)
-            if isinstance(err, FileExistsError | NotADirectoryError):  # a file where a folder should be
-                why = f"{err.filename or path.parent} is not a folder"
-            raise InputError(f"{path}: cannot write the population fit ({why})") from None
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
-
-
-_EXTRA_FIELDS = ("diverging", "potential_energy", "num_steps", "accept_prob", "adapt_state.step_size")
-
-
-def _inference_data(
-    samples: Mapping[str, Any], extra: Mapping[str, Any], random: tuple[str, ...], patients: tuple[str, ...]
-) -> az.InferenceData:
-    post = {k: np.asarray(v) for k, v in samples.items()}
-    post["theta"] = np.exp(post["log_theta"])
-    extra = {k: np.asarray(v) for k, v in extra.items()}
-    stats = {
-        "diverging": extra["diverging"].astype(bool),
-        "lp": -extra["potential_energy"],
-        "n_steps": extra["num_steps"],
-        "tree_depth": np.ceil(np.log2(extra["num_steps"] + 1.0)).astype(int),
-        "acceptance_rate": extra["accept_prob"],
-        "step_size": extra["adapt_state.step_size"],
-    }
-    pk = ["patient", "parameter"]
-    dims = {"mu": ["parameter"], "omega": ["parameter"], "z": pk, "log_theta": pk, "theta": pk}
-    coords = {"parameter": list(random), "patient": list(patients)}
-    return az.from_dict(posterior=post, sample_stats=stats, coords=coords, dims=dims)
-
-
-def _diagnostics(idata: az.InferenceData) -> tuple[dict[str, float], dict[str, float], int, list[str]]:
-    """Largest R-hat and smallest bulk ESS per variable, divergences, and what is wrong in words."""
-    names = [n for n in ("mu", "omega", "log_theta", "sigma") if n in idata.posterior]
-    with warnings.catch_warnings():  # ArviZ warns on short chains; the messages below say more
-        warnings.simplefilter("ignore")
-        rhat_ds = az.rhat(idata, var_names=names)
-        ess_ds = az.ess(idata, var_names=names, method="bulk")
-    rhat = {n: float(np.max(rhat_ds[n].values)) for n in names}
-    ess = {n: float(np.min(ess_ds[n].values)) for n in names}
-    divergences = int(idata.sample_stats["diverging"].values.sum())
-    messages = [
-        f"R-hat of '{n}' is {r:.3g} (> {RHAT_THRESHOLD}): the chains disagree; run more warm-up and draws"
-        for n, r in rhat.items()
-        if not r <= RHAT_THRESHOLD
-    ]
-    messages += [
-        f"bulk effective sample size of '{n}' is {e:.0f} (< {ESS_MIN:.0f}): run more draws"
-        for n, e in ess.items()
-        if not e >= ESS_MIN
-    ]
-    if divergences:
-        messages.append(f"{divergences} divergent transitions after warm-up: raise target_accept")
-    return rhat, ess, divergences, messages
+    centre = {"mu": mu_prior[0], "omega": np.full(layout.n_random, math.log(0.3)),
+              "z": np.zeros((layout.n_patients, layout.n_random)), "sigma": np.array(math.log(sigma0)),
+              "log_theta": np.broadcast_to(mu_prior[0], (layout.n_patients, layout.n_random))}  # fmt: skip
+    if layout.patient_site == "log_theta":
+        centre["omega"] = np.full(layout.n_random, math.log(omega0))
+        start = empirical_bayes_start(potential, curvature, layout, layout.join(centre))
+    else:
+        start = laplace_start(potential, curvature, layout.join(centre))
+    cov = 0.5 * (start.covariance + start.covariance.T)
+    chol = np.linalg.cholesky(cov + 1e-12 * np.eye(layout.size) * np.max(np.diagonal(cov)))
+    eps = np.asarray(jax.random.normal(key, (chains, layout.size)))
+    starts = []
+    for e in eps:
+        u = start.mode + chol @ e
+        for _ in range(20):
+            if np.isfinite(potential(u)[0]):
+                break
+            u = start.mode + 0.5 * (u - start.mode)
+        starts.append(layout.split(u))
+    init = {name: jnp.asarray(np.stack([s[name] for s in starts])) for name in layout.sites()}
+    return init, cov
 
 
 # -- the verb ---------------------------------------------------------------------------------------
@@ -580,6 +498,8 @@ def fit_population(
     max_tree_depth: int = 8,
     dense_mass: bool = True,
     chain_method: Literal["vectorized", "sequential"] = "vectorized",
+    parameterisation: Literal["centred", "non-centred"] = "centred",
+    start: Literal["laplace", "prior"] = "laplace",
     progress: bool = False,
     solver: AbstractMethod | None = None,
     controls: Controls = POPULATION_CONTROLS,
@@ -598,13 +518,27 @@ def fit_population(
             instead of fixing it to the template's.
         omega_scale: scale of the half-normal prior of each ``omega_k``.
         target_accept, max_tree_depth: NUTS settings.
-        dense_mass: adapt a dense mass matrix. The non-centred form couples ``mu`` with every
-            ``z_i`` when patients' data are informative; on an 8-patient ``viral_immune`` cohort a
-            dense matrix cut the leapfrog steps per draw from 15 to 9.5 against a diagonal one.
+        dense_mass: a dense mass matrix (default) or its diagonal. With ``start="prior"`` NumPyro
+            adapts it during warm-up (the non-centred form couples ``mu`` with every ``z_i`` when
+            patients' data are informative; on an 8-patient ``viral_immune`` cohort a dense matrix
+            cut the leapfrog steps per draw from 15 to 9.5 against a diagonal one); with
+            ``start="laplace"`` it is the Laplace covariance (or its diagonal), held fixed.
         chain_method: ``"vectorized"`` runs the chains in lockstep as one batched program, right
             for small cohorts, where a batched solve costs little more than one chain's; for large
             ``patients x parameters`` the solve cost grows with the batch and ``"sequential"`` saves
             the lockstep's wait for the longest tree.
+        parameterisation: ``"centred"`` samples each patient's ``log_theta`` given ``mu`` and
+            ``omega``; ``"non-centred"`` samples ``z = (log_theta - mu) / omega``. Which one NUTS
+            explores well depends on how much each patient's data say (Betancourt & Girolami 2015):
+            non-centred for sparse data (the funnel), centred for informative data, where non-centred
+            couples ``omega`` and every ``z_i`` along curved ridges ``omega z_i = const``.
+        start: ``"laplace"`` (default): the chains start from draws of a Laplace approximation and
+            NUTS uses its covariance as the inverse mass matrix, held fixed while the step size adapts
+            (:mod:`.population_start`: the joint mode in the non-centred form; in the centred form,
+            whose joint mode is degenerate, an empirical-Bayes point). ``"prior"``: dispersed starts
+            around the prior medians, the identity mass matrix, adapted by NumPyro. On the 30-patient
+            ``viral_immune`` test cohort, ``"prior"`` spends its first 60+ warm-up iterations at
+            NUTS's tree-depth limit.
         progress: show NumPyro's progress bar.
         solver, controls: the ODE method (default ``Rodas5P()``) and tolerances.
 
@@ -621,6 +555,10 @@ def fit_population(
         raise InputError(f"unknown population fitting method '{method}' (known: nuts)")
     if min(chains, draws, warmup) < 1:
         raise InputError(f"chains, draws and warmup must be >= 1, got {chains}, {draws}, {warmup}")
+    if parameterisation not in ("centred", "non-centred"):
+        raise InputError(f"parameterisation must be 'centred' or 'non-centred', got '{parameterisation}'")
+    if start not in ("laplace", "prior"):
+        raise InputError(f"start must be 'laplace' or 'prior', got '{start}'")
     if chain_method not in ("vectorized", "sequential"):
         raise InputError(f"chain_method must be 'vectorized' or 'sequential', got '{chain_method}'")
     random = tuple(random)
@@ -637,13 +575,38 @@ def fit_population(
     sigma = None if estimate_sigma else float(info.noise.sigma)
     k_init, k_run = jax.random.split(key)
     with jax.enable_x64(True):
-        predict = population_predictions(
-            template, data.observable, random, data.times, solver=solver, controls=controls
+        value, jacobian = _prediction_functions(
+            template, data.observable, random, data.times, solver or Rodas5P(), controls
         )
-        model = _numpyro_model(predict, data, mu_prior, omega_scale, sigma, 2.0 * info.noise.sigma)
-        kernel = NUTS(
-            model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth, dense_mass=dense_mass
+        model = _numpyro_model(
+            _differentiable(value, jacobian),
+            data,
+            mu_prior,
+            omega_scale,
+            sigma,
+            2.0 * info.noise.sigma,
+            centred=parameterisation == "centred",
         )
+        site = "log_theta" if parameterisation == "centred" else "z"
+        layout = Layout(data.n_patients, len(random), sigma is None, site)
+        if start == "laplace":
+            init, cov = _laplace_inits(
+                k_init, chains, model, jacobian, data, layout, mu_prior, sigma, info.noise.sigma, omega_scale
+            )
+            block = layout.sites()
+            metric = {block: cov if dense_mass else np.diagonal(cov).copy()}
+            kernel = NUTS(
+                model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
+                dense_mass=[block] if dense_mass else [], inverse_mass_matrix=metric,
+                adapt_mass_matrix=False,
+            )  # fmt: skip
+        else:
+            init = _initial_values(
+                k_init, chains, mu_prior[0], data.n_patients, sigma, info.noise.sigma, site == "log_theta"
+            )
+            kernel = NUTS(
+                model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth, dense_mass=dense_mass
+            )
         mcmc = MCMC(
             kernel,
             num_warmup=warmup,
@@ -652,14 +615,13 @@ def fit_population(
             chain_method=chain_method,
             progress_bar=progress,
         )
-        init = _initial_values(k_init, chains, mu_prior[0], data.n_patients, sigma, info.noise.sigma)
         if chains == 1:
             init = {k: v[0] for k, v in init.items()}
-        mcmc.run(k_run, init_params=init, extra_fields=_EXTRA_FIELDS)
+        mcmc.run(k_run, init_params=init, extra_fields=NUTS_FIELDS)
         samples = mcmc.get_samples(group_by_chain=True)
         extra = mcmc.get_extra_fields(group_by_chain=True)
-        idata = _inference_data(samples, extra, random, data.patients)
-    rhat, ess, divergences, messages = _diagnostics(idata)
+        idata = inference_data(samples, extra, random, data.patients)
+    rhat, ess, divergences, messages = diagnose(idata)
     if messages:
         warnings.warn(
             "population fit did not converge: " + "; ".join(messages), ConvergenceWarning, stacklevel=2
@@ -667,58 +629,3 @@ def fit_population(
     return PopulationFit(
         random, data.patients, idata, sigma, rhat, ess, divergences, not messages, tuple(messages)
     )
-
-
-# -- saved fits -----------------------------------------------------------------------------------
-
-
-#: Root attribute of a saved fit holding every field but the posterior (JSON), and its format number.
-_FIT_ATTR = "immunetwin_population_fit"
-_FIT_FORMAT = 1
-
-
-def load_population_fit(path: str | Path) -> PopulationFit:
-    """Read a fit written by :meth:`PopulationFit.save` (the posterior is loaded into memory).
-
-    Raises:
-        InputError: the file is missing, is not a NetCDF-4 file, or holds no population fit (no
-            ``immunetwin_population_fit`` attribute, a damaged one, or no ``mu`` / ``omega`` draws);
-            the message names the path.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file" if not path.exists() else f"{path}: is not a file")
-    try:
-        with az.rc_context({"data.load": "eager"}):
-            idata = az.from_netcdf(str(path))
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: not a NetCDF-4 file ({err})") from None
-    attrs = dict(idata.attrs)
-    raw = attrs.pop(_FIT_ATTR, None)
-    if raw is None:
-        raise InputError(f"{path}: a NetCDF file without a population fit (no '{_FIT_ATTR}' attribute; "
-                         "write one with PopulationFit.save)")  # fmt: skip
-    try:
-        fields = _fit_fields(json.loads(raw))
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise InputError(f"{path}: damaged '{_FIT_ATTR}' attribute ({err})") from None
-    if "posterior" not in idata.groups() or not {"mu", "omega"} <= set(idata.posterior.data_vars):
-        raise InputError(f"{path}: the population fit has no posterior draws of mu and omega")
-    groups = {g: getattr(idata, g) for g in idata.groups()}
-    return PopulationFit(posterior=az.InferenceData(attrs=attrs, **groups), **fields)
-
-
-def _fit_fields(rec: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields of a :class:`PopulationFit` but the posterior, from the saved JSON record."""
-    if rec["format"] != _FIT_FORMAT:
-        raise ValueError(f"format {rec['format']}; this version reads {_FIT_FORMAT}")
-    return {
-        "random": tuple(map(str, rec["random"])),
-        "patients": tuple(map(str, rec["patients"])),
-        "sigma": None if rec["sigma"] is None else float(rec["sigma"]),
-        "rhat": {str(k): float(v) for k, v in rec["rhat"].items()},
-        "ess": {str(k): float(v) for k, v in rec["ess"].items()},
-        "divergences": int(rec["divergences"]),
-        "converged": bool(rec["converged"]),
-        "warnings": tuple(map(str, rec["warnings"])),
-    }
