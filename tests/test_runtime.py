@@ -83,3 +83,34 @@ def test_small_loops_threshold_must_be_a_positive_integer(bad) -> None:
     with pytest.raises(InputError, match="threshold_bytes must be a positive integer"):
         compile_small_loops_whole(bad)
     assert os.environ.get("XLA_FLAGS") == before
+
+
+PIN = """
+import json, os, threading
+from immunetwin.runtime import pin_to_cores
+from immunetwin.errors import InputError
+first = min(os.sched_getaffinity(0))
+took = pin_to_cores({first})
+seen = []
+later = threading.Thread(target=lambda: seen.append(sorted(os.sched_getaffinity(0))))
+later.start(); later.join()
+tasks = [sorted(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")]
+try:
+    pin_to_cores({first, 10_000})
+    refused = ""
+except InputError as e:
+    refused = str(e)
+print(json.dumps({"took": took, "first": first, "later": seen[0], "tasks": tasks, "refused": refused}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no per-thread CPU affinity on this OS")
+def test_pinning_holds_for_every_thread_and_threads_started_later() -> None:
+    done = subprocess.run([sys.executable, "-c", PIN], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["took"] is True
+    assert out["later"] == [out["first"]]
+    assert out["tasks"] and all(t == [out["first"]] for t in out["tasks"])
+    # a core outside the allowed set is refused by name; the earlier pinning stands
+    assert f"cannot pin this process to cores [{out['first']}, 10000]" in out["refused"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -40,7 +41,17 @@ from immunetwin.engines.solvers import Dopri5, Rodas5P
 from immunetwin.errors import InputError, UnknownIdError
 from immunetwin.templates import Template, load_template
 
-__all__ = ["ChunkResult", "DaskCluster", "InProcess", "Opened", "Probe", "Work", "run_chunk", "run_chunks"]
+__all__ = [
+    "ChunkResult",
+    "DaskCluster",
+    "InProcess",
+    "Opened",
+    "Probe",
+    "Work",
+    "run_chunk",
+    "run_chunks",
+    "share_cores",
+]
 
 SOLVERS = {"rodas5p": Rodas5P, "dopri5": Dopri5}
 Progress = Callable[[int, int], None]
@@ -237,8 +248,14 @@ class DaskCluster:
             at the end of the run.
         workers, threads_per_worker: the local cluster's size.
         cpu_devices: JAX CPU devices per worker (:func:`immunetwin.runtime.use_all_cpu_cores`); default
-            for a local cluster: the cores shared out among the workers.
+            for a local cluster: the worker's share of the cores.
         cache_dir: JAX persistent compilation cache of the workers (``None``: none).
+        pin_cores: give each worker of a local cluster its own block of this process's cores
+            (:func:`share_cores`, :func:`immunetwin.runtime.pin_to_cores`; Linux), where there are
+            at least as many cores as workers. Unpinned, two workers on the 2-core benchmark machine
+            ran the benchmark trial 1.4x slower than one (their XLA threads roam over both cores);
+            pinned, two are faster than one (``benchmarks/README.md``). Ignored for an ``address``:
+            this process cannot see that cluster's machines.
     """
 
     address: str | None = None
@@ -247,6 +264,7 @@ class DaskCluster:
     cpu_devices: int | None = None
     cache_dir: str | None = None
     cluster_options: Mapping[str, Any] = field(default_factory=dict)
+    pin_cores: bool = True
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.threads_per_worker < 1:
@@ -266,16 +284,32 @@ class DaskCluster:
             yield client
 
     @contextlib.contextmanager
+    def connect(self) -> Iterator[Any]:
+        """A Dask ``Client`` of this cluster whose workers are set up (:func:`setup_worker`): each
+        local worker on its own cores (``pin_cores``), with its JAX CPU devices and compilation
+        cache. A local cluster is closed when the block ends."""
+        with self._client() as client:
+            if self.address is not None:
+                client.run(setup_worker, self.cpu_devices, self.cache_dir, None)
+            else:
+                client.wait_for_workers(self.workers)
+                info = client.scheduler_info()["workers"]
+                addresses = sorted(info, key=lambda a: str(info[a].get("name")))
+                cores = _usable_cores()
+                blocks = share_cores(cores, len(addresses)) if self.pin_cores else None
+                for i, address in enumerate(addresses):
+                    own = blocks[i] if blocks is not None else None
+                    devices = self.cpu_devices or max(1, len(own) if own else len(cores) // len(addresses))
+                    client.run(setup_worker, devices, self.cache_dir, own, workers=[address])
+            yield client
+
+    @contextlib.contextmanager
     def session(
         self,
     ) -> Iterator[Callable[[Work, list[dict[str, np.ndarray]], Progress | None], list[ChunkResult]]]:
         from distributed import as_completed
 
-        with self._client() as client:
-            devices = self.cpu_devices
-            if devices is None and self.address is None:
-                devices = max(1, (os.cpu_count() or 1) // self.workers)
-            client.run(setup_worker, devices, self.cache_dir)
+        with self.connect() as client:
 
             def run(
                 work: Work, chunks: list[dict[str, np.ndarray]], progress: Progress | None
@@ -307,16 +341,43 @@ class Opened:
 Executor = InProcess | DaskCluster | Opened
 
 
-def setup_worker(cpu_devices: int | None, cache_dir: str | None) -> None:
-    """Run on each Dask worker before its first chunk: JAX CPU devices, whole-loop compilation
-    (:func:`immunetwin.runtime.compile_small_loops_whole`) and compilation cache."""
-    from immunetwin.runtime import compile_small_loops_whole, enable_compilation_cache, use_all_cpu_cores
+def setup_worker(cpu_devices: int | None, cache_dir: str | None, cores: tuple[int, ...] | None) -> None:
+    """Run on each Dask worker before its first chunk: its cores (``None``: all), JAX CPU devices,
+    whole-loop compilation (:func:`immunetwin.runtime.compile_small_loops_whole`) and compilation
+    cache."""
+    from immunetwin.runtime import (
+        compile_small_loops_whole,
+        enable_compilation_cache,
+        pin_to_cores,
+        use_all_cpu_cores,
+    )
 
+    if cores is not None:
+        pin_to_cores(cores)
     compile_small_loops_whole()
     if cpu_devices:
         use_all_cpu_cores(cpu_devices)
     if cache_dir:
         enable_compilation_cache(Path(cache_dir))
+
+
+def share_cores(cores: tuple[int, ...], workers: int) -> list[tuple[int, ...]] | None:
+    """Disjoint blocks of consecutive ``cores``, one per worker, their sizes differing by at most one;
+    ``None`` when there are fewer cores than workers (some would have to share: left to the OS)."""
+    if workers < 1:
+        raise InputError(f"workers must be >= 1, got {workers}")
+    if len(cores) < workers:
+        return None
+    size, extra = divmod(len(cores), workers)
+    bounds = [i * size + min(i, extra) for i in range(workers + 1)]
+    return [tuple(cores[lo:hi]) for lo, hi in itertools.pairwise(bounds)]
+
+
+def _usable_cores() -> tuple[int, ...]:
+    """The CPU numbers this process may run on (all of the machine's where the OS cannot say)."""
+    if hasattr(os, "sched_getaffinity"):
+        return tuple(sorted(os.sched_getaffinity(0)))
+    return tuple(range(os.cpu_count() or 1))
 
 
 def split(parameters: Mapping[str, np.ndarray], chunk_size: int) -> list[dict[str, np.ndarray]]:

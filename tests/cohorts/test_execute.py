@@ -1,0 +1,46 @@
+"""Executors' placement of work on the machine: cores shared out among local Dask workers."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from immunetwin.cohorts import DaskCluster
+from immunetwin.cohorts.execute import share_cores
+from immunetwin.errors import InputError
+
+
+def test_cores_are_shared_in_disjoint_blocks_that_differ_by_at_most_one() -> None:
+    assert share_cores((0, 1), 2) == [(0,), (1,)]
+    assert share_cores((0, 1, 2, 3, 4), 2) == [(0, 1, 2), (3, 4)]
+    assert share_cores((2, 5, 7, 9, 11, 12, 13), 3) == [(2, 5, 7), (9, 11), (12, 13)]
+    assert share_cores((0, 1, 2, 3), 1) == [(0, 1, 2, 3)]
+    assert share_cores((0, 1), 3) is None  # more workers than cores: the OS shares them out
+    with pytest.raises(InputError, match="workers must be >= 1, got 0"):
+        share_cores((0, 1), 0)
+
+
+def _placement() -> tuple[tuple[int, ...], int]:
+    """On a worker: the cores its threads may run on, and its JAX CPU devices."""
+    import jax
+
+    return tuple(sorted(os.sched_getaffinity(0))), jax.local_device_count("cpu")
+
+
+def _placements(executor: DaskCluster) -> list[tuple[tuple[int, ...], int]]:
+    with executor.connect() as client:
+        return sorted(client.run(_placement).values())
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no per-thread CPU affinity on this OS")
+def test_local_workers_each_run_on_their_own_cores() -> None:
+    cores = tuple(sorted(os.sched_getaffinity(0)))
+    workers = min(2, len(cores))
+    blocks = share_cores(cores, workers)
+    assert blocks is not None
+    pinned = _placements(DaskCluster(workers=workers))
+    assert pinned == sorted((block, len(block)) for block in blocks)
+    free = _placements(DaskCluster(workers=workers, pin_cores=False))
+    assert [c for c, _ in free] == [cores] * workers
+    assert [n for _, n in free] == [len(cores) // workers] * workers
