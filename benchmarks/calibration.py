@@ -21,9 +21,10 @@ difference is reported (a ratio between tools that compute different things is w
 immunetwin: ``compile_objective`` + ``fit_map`` (L-BFGS-B, forward-sensitivity gradients) with N starts
 (the nominal point, then uniform draws in the bounds), after a first call that compiles; its JAX
 compile time (tracing, lowering, XLA; ``jax.monitoring`` spans, overlaps merged) is reported apart.
-Then ``sample_posterior`` (NUTS, 4 chains x 1,000 draws after 1,000 warm-up) from per-chain starts
-around the MAP, in a child process killed after ``--max-seconds``; it is not started when
-``seconds per value+grad x chains x (warm-up + draws) x 10`` (leapfrog steps per iteration; 15-59 were
+Then ``sample_posterior`` (NUTS, 4 chains x 1,000 draws after 1,000 warm-up; ``--metric adapt``,
+the default: NumPyro's adapted diagonal metric from pyPESTO's starts; ``--metric laplace``: a dense
+metric from the Laplace approximation at the MAP, held fixed, and starts drawn from it), in a child
+process killed after ``--max-seconds``; it is not started when ``seconds per value+grad x chains x (warm-up + draws) x 10`` (leapfrog steps per iteration; 15-59 were
 measured on viral_tiv) exceeds ``--max-seconds``. The table says which.
 
 pyPESTO 0.7 without AMICI: ``PetabImporter(petab_problem, simulator_type="roadrunner")`` (CVODE at
@@ -67,6 +68,10 @@ TEMPLATES = ("viral_immune", "viral_tiv")
 DEFAULT_PROBLEMS = (*TEMPLATES, "Boehm_JProteomeRes2014", "Crauste_CellSystems2017")
 ESTIMATE, PARTICIPANT = ("V0", "beta", "delta", "p"), "ke01"
 TARGET_MAP_S, TARGET_POSTERIOR_S, TARGET_RATIO = 2.0, 60.0, 5.0
+_METRICS = {
+    "laplace": "dense Laplace metric at the MAP, held fixed; starts drawn from the Laplace Gaussian",
+    "adapt": "diagonal metric adapted in warm-up; starts as pyPESTO's",
+}
 LEAPFROG = 10  # leapfrog steps per NUTS iteration assumed by the skip rule (viral_tiv, ke01: 15-59 measured)
 AGREE = 1e-3  # |llh_a - llh_b| <= AGREE * (1 + |llh_b|): AMICI's rule for the benchmark collection
 _LN10 = math.log(10.0)
@@ -221,7 +226,8 @@ def immunetwin_posterior(r: dict[str, Any], yaml_path: Path, a: argparse.Namespa
             f"--max-seconds {a.max_seconds:g}"
         )
         return
-    spec = {"yaml": str(yaml_path), "inits": r["chain_starts"], "seed": a.seed + 1, "chains": a.chains,
+    inits = r["theta"] if a.metric == "laplace" else r["chain_starts"]  # laplace: starts drawn around the MAP
+    spec = {"yaml": str(yaml_path), "inits": inits, "seed": a.seed + 1, "chains": a.chains, "metric": a.metric,
             "draws": a.draws, "warmup": a.warmup, "cache": str(cache), "out": str(cache.parent / "nuts.json")}  # fmt: skip
     spec_path = cache.parent / "nuts-spec.json"
     spec_path.write_text(json.dumps(spec))
@@ -238,7 +244,7 @@ def immunetwin_posterior(r: dict[str, Any], yaml_path: Path, a: argparse.Namespa
     r |= json.loads(Path(spec["out"]).read_text())
     r["ess_per_s"] = r["ess_bulk_min"] / r["posterior_s"]
     r["posterior_note"] = (
-        f"NUTS {a.chains} x {a.draws} after {a.warmup} warm-up; wall {r['posterior_s']:.1f} s includes "
+        f"NUTS {a.chains} x {a.draws} after {a.warmup} warm-up ({_METRICS[a.metric]}); wall {r['posterior_s']:.1f} s includes "
         f"{r['posterior_compile_s']:.1f} s compile; {r['leapfrog_mean']:.1f} leapfrog steps per iteration on "
         f"average; max R-hat {r['rhat_max']:.3f}, min ESS bulk/tail {r['ess_bulk_min']:.0f}/"
         f"{r['ess_tail_min']:.0f}, {r['divergences']} divergences"
@@ -263,7 +269,8 @@ def nuts_child(spec_path: Path) -> None:
         warnings.simplefilter("ignore")
         post = sample_posterior(
             objective, key=jax.random.PRNGKey(spec["seed"]), chains=spec["chains"], draws=spec["draws"],
-            warmup=spec["warmup"], init=np.asarray(spec["inits"]),
+            warmup=spec["warmup"], init=np.asarray(spec["inits"]), metric=spec["metric"],
+            dense_mass=spec["metric"] == "laplace",
         )  # fmt: skip
     r |= diagnostics(post.idata.posterior["theta"].values)
     r |= {"converged": post.converged, "divergences": post.divergences, "posterior_warnings": list(post.warnings),
@@ -615,6 +622,9 @@ def main(argv: list[str] | None = None) -> None:
     add("--pypesto-draws", type=int, help="kept AdaptiveMetropolis draws per chain, after as many adaptation draws (default 2500; --quick 500)")  # fmt: skip
     add("--posterior", action=argparse.BooleanOptionalAction, default=True)
     add(
+        "--metric", choices=sorted(_METRICS), default="adapt", help="NUTS metric (sample_posterior's metric=)"
+    )
+    add(
         "--max-seconds",
         type=float,
         default=900.0,
@@ -655,8 +665,8 @@ def main(argv: list[str] | None = None) -> None:
         "method": (
             f"Same PEtab files, same {a.starts} L-BFGS-B start points (nominal + uniform in the bounds, seed "
             f"{a.seed}), same options (maxiter 500, ftol 1e-9, gtol 1e-8), both objectives at rtol 1e-8 / atol 1e-10. "
-            f"Posterior: {a.chains} chains from the same starts around immunetwin's MAP; immunetwin NUTS "
-            f"{a.draws} draws after {a.warmup} warm-up; pyPESTO AdaptiveMetropolis {a.pypesto_draws} kept after "
+            f"Posterior: {a.chains} chains around immunetwin's MAP; immunetwin NUTS "
+            f"{a.draws} draws after {a.warmup} warm-up ({_METRICS[a.metric]}); pyPESTO AdaptiveMetropolis {a.pypesto_draws} kept after "
             f"{a.pypesto_draws} adaptation; ESS/s = smallest bulk ESS / posterior wall. Ratios: pyPESTO time / "
             "immunetwin time (above 1: immunetwin faster). Figures from a shared machine are noisy."
         ),

@@ -30,6 +30,24 @@ def test_fit_map_of_a_template_to_one_persons_viral_loads(tmp_path):
     assert result["log_likelihood"] > -40  # 14 points, sd 0.5: a fit, not a failure (-inf)
 
 
+def test_fit_nuts_with_the_laplace_metric_writes_its_posterior(tmp_path):
+    import arviz as az
+
+    data = tmp_path / "ke01.csv"
+    viral_load_table(ke2022_nasal(), "ke01").to_csv(data, index=False)
+    out = tmp_path / "fit"
+    res = _run(
+        "fit", "viral_tiv", "--data", str(data), "--starts", "2", "--method", "nuts", "--metric", "laplace",
+        "--chains", "2", "--draws", "6", "--warmup", "4", "--out", str(out),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    result = json.loads((out / "map.json").read_text())
+    assert result["nuts"]["converged"] is False  # 6 draws: flagged, not hidden
+    post = az.from_netcdf(out / "posterior.nc").posterior
+    assert post["theta"].shape == (2, 6, 5)
+    assert "warning:" in res.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -37,6 +55,7 @@ def test_fit_map_of_a_template_to_one_persons_viral_loads(tmp_path):
         (("fit", "viral_tiv", "--data", "nope.csv"), "file not found"),
         (("fit", "nope.yaml"), "file not found"),
         (("fit", "viral_tiv", "--data", "x.csv", "--method", "mcmc"), "--method 'mcmc'"),
+        (("fit", "viral_tiv", "--data", "x.csv", "--method", "nuts", "--metric", "unit"), "--metric 'unit'"),
     ],
 )
 def test_fit_refusals_are_one_line(args, message, tmp_path):

@@ -212,3 +212,51 @@ def test_laplace_refuses_a_direction_the_data_do_not_determine(problem) -> None:
     )
     with pytest.raises(InputError, match=r"not positive definite.*'unused'"):
         laplace(compile_objective(flat), np.array([2.3, 0.5, 0.5]), key=jax.random.PRNGKey(0), draws=10)
+
+
+def test_laplace_metric_is_the_inverse_hessian_of_the_potential(objective, exact) -> None:
+    from immunetwin.inference.posterior import _laplace_metric, _potential
+
+    starts, cov = _laplace_metric(objective, exact[0], jax.random.PRNGKey(4), 2000)
+    problem = objective.problem
+    frac = (exact[0] - problem.lower) / (problem.upper - problem.lower)
+    u = np.log(frac) - np.log1p(-frac)
+    # the chain rule in _laplace_metric against central differences of the potential's gradient
+    with jax.enable_x64(True):
+        grad = jax.jit(jax.grad(_potential(objective)))
+        h = 1e-4
+        cols = [
+            (np.asarray(grad(jnp.asarray(u + h * e))) - np.asarray(grad(jnp.asarray(u - h * e)))) / (2 * h)
+            for e in np.eye(len(u))
+        ]
+    hess = 0.5 * (np.stack(cols, 1) + np.stack(cols, 0))
+    np.testing.assert_allclose(np.linalg.inv(cov), hess, rtol=1e-5)
+    # starts are draws of N(u, cov): 2000 of them match its moments to Monte Carlo error
+    assert starts.shape == (2000, 2)
+    np.testing.assert_array_less(np.abs(starts.mean(0) - u), 4 * np.sqrt(np.diag(cov) / 2000))
+    np.testing.assert_allclose(np.cov(starts.T), cov, rtol=0.15)
+
+
+def test_nuts_with_the_laplace_metric_matches_the_analytic_posterior(objective, exact) -> None:
+    mean, cov = exact
+    fit = sample_posterior(
+        objective, key=jax.random.PRNGKey(5), chains=4, draws=500, warmup=100, init=mean,
+        metric="laplace", dense_mass=True,
+    )  # fmt: skip
+    assert fit.converged and fit.divergences == 0, fit.warnings
+    theta = fit.idata.posterior["theta"]
+    mcse_mean = az.mcse(fit.idata, var_names=["theta"], method="mean")["theta"].values
+    mcse_sd = az.mcse(fit.idata, var_names=["theta"], method="sd")["theta"].values
+    np.testing.assert_array_less(np.abs(theta.mean(("chain", "draw")).values - mean), 4 * mcse_mean)
+    np.testing.assert_array_less(
+        np.abs(theta.std(("chain", "draw")).values - np.sqrt(np.diag(cov))), 4 * mcse_sd
+    )
+
+
+def test_laplace_metric_needs_one_point_and_a_known_metric(objective, exact) -> None:
+    with pytest.raises(InputError, match="needs init to be one point"):
+        sample_posterior(
+            objective, key=jax.random.PRNGKey(0), chains=2, init=np.stack([exact[0]] * 2), metric="laplace"
+        )
+    with pytest.raises(InputError, match="metric must be 'adapt' or 'laplace', got 'unit'"):
+        sample_posterior(objective, key=jax.random.PRNGKey(0), metric="unit")  # type: ignore[arg-type]

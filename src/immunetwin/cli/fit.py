@@ -58,6 +58,13 @@ def fit(
     chains: Annotated[int, typer.Option(help="NUTS: chains")] = 4,
     draws: Annotated[int, typer.Option(help="NUTS / Laplace: draws per chain")] = 1000,
     warmup: Annotated[int, typer.Option(help="NUTS: warm-up iterations per chain")] = 1000,
+    metric: Annotated[
+        str,
+        typer.Option(
+            help="NUTS: adapt (mass matrix learnt in warm-up) or laplace (dense, from the Laplace"
+            " approximation at the MAP, fixed: for short warm-ups of near-Gaussian posteriors)"
+        ),
+    ] = "adapt",
     seed: Annotated[int, typer.Option(help="random seed (starts, draws)")] = 0,
     out: Annotated[
         Path | None, typer.Option(help="folder for results: map.json, and posterior.nc for laplace/nuts")
@@ -75,6 +82,8 @@ def fit(
 
     if method not in _METHODS:
         raise InputError(f"--method '{method}': choose one of {', '.join(_METHODS)}")
+    if metric not in ("adapt", "laplace"):
+        raise InputError(f"--metric '{metric}': choose adapt or laplace")
     for name, value in (("--starts", starts), ("--chains", chains), ("--draws", draws)):
         if value < 1:
             raise InputError(f"{name} must be at least 1, got {value}")
@@ -116,8 +125,9 @@ def fit(
                 posterior = laplace(objective, result.theta, key=key_post, draws=draws)
             else:
                 posterior = sample_posterior(
-                    objective, key=key_post, chains=chains, draws=draws, warmup=warmup, init=result.theta
-                )
+                    objective, key=key_post, chains=chains, draws=draws, warmup=warmup, init=result.theta,
+                    metric=metric, dense_mass=metric == "laplace",
+                )  # fmt: skip
         console.print(posterior.summary().to_string(), markup=False)
         for message in posterior.warnings:
             console.print("warning: " + message, style="bold yellow", markup=False)
