@@ -215,20 +215,29 @@ def _laplace_metric(objective: Objective, init: Any, key: Any, chains: int) -> t
     sig = frac * (1.0 - frac)
     jac, curv = width * sig, width * sig * (1.0 - 2.0 * frac)
     hess_u = -(jac[:, None] * h * jac[None, :] + np.diag(g * curv)) + np.diag(2.0 * sig)
-    if not (math.isfinite(value) and np.all(np.isfinite(hess_u))):
-        raise InputError(f"the log posterior or its Hessian is not finite at init (log posterior {value})")
-    eigval, eigvec = np.linalg.eigh(0.5 * (hess_u + hess_u.T))
+    what = "the Hessian of the potential at init (metric='laplace')"
+    why = "init is not the MAP (metric='adapt' needs none)"
+    cov, root = _gaussian(problem, value, 0.5 * (hess_u + hess_u.T), what, why)
+    with jax.enable_x64(True):
+        z = np.asarray(jax.random.normal(key, (chains, len(u)), dtype=jnp.float64))
+    return u[None, :] + z @ root.T, cov
+
+
+def _gaussian(
+    problem: Problem, value: float, precision: np.ndarray, what: str, why: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Covariance ``precision^{-1}`` and a square root ``R`` of it (``R R^T``), refusing a precision
+    that is not finite or not positive definite with the parameter along its weakest direction."""
+    if not (math.isfinite(value) and np.all(np.isfinite(precision))):
+        raise InputError(f"the log posterior ({value}) or {what} is not finite")
+    eigval, eigvec = np.linalg.eigh(precision)
     if eigval[0] <= _SINGULAR * max(abs(eigval[-1]), 1.0):
         pid = problem.free_ids[int(np.argmax(np.abs(eigvec[:, 0])))]
         raise InputError(
-            f"metric='laplace': the potential's Hessian at init is not positive definite (smallest"
-            f" eigenvalue {eigval[0]:.3g}, mostly along '{pid}'): init is not the MAP, or data and"
-            " prior do not determine that direction; use metric='adapt'"
+            f"{what} is not positive definite (smallest eigenvalue {eigval[0]:.3g}, mostly along"
+            f" '{pid}'): {why}, or data and prior do not determine that direction"
         )
-    cov = (eigvec / eigval) @ eigvec.T
-    with jax.enable_x64(True):
-        z = np.asarray(jax.random.normal(key, (chains, len(u)), dtype=jnp.float64))
-    return u[None, :] + z @ (eigvec * np.sqrt(1.0 / eigval)).T, cov
+    return (eigvec / eigval) @ eigvec.T, eigvec * np.sqrt(1.0 / eigval)
 
 
 # -- the InferenceData ------------------------------------------------------------------------------
@@ -515,23 +524,12 @@ def laplace(objective: Objective, theta_map: Any, *, key: Any, draws: int = 1000
     if draws < 1:
         raise InputError(f"draws must be >= 1, got {draws}")
     value, grad, hess = _value_grad_hessian(objective, theta_map)
-    if not (math.isfinite(value) and np.all(np.isfinite(hess))):
-        raise InputError(
-            f"the log posterior or its Hessian is not finite at theta_map (log posterior {value})"
-        )
-    eigval, eigvec = np.linalg.eigh(-hess)
-    if eigval[0] <= _SINGULAR * max(abs(eigval[-1]), 1.0):
-        pid = problem.free_ids[int(np.argmax(np.abs(eigvec[:, 0])))]
-        raise InputError(
-            f"the negative Hessian of the log posterior at theta_map is not positive definite (smallest"
-            f" eigenvalue {eigval[0]:.3g}, mostly along '{pid}'): theta_map is not a maximum, or data"
-            " and prior do not determine that direction"
-        )
-    cov = (eigvec / eigval) @ eigvec.T
+    what = "the negative Hessian of the log posterior at theta_map"
+    cov, root = _gaussian(problem, value, -hess, what, "theta_map is not a maximum")
     sd = np.sqrt(np.diag(cov))
     with jax.enable_x64(True):
         z = np.asarray(jax.random.normal(key, (draws, objective.dim), dtype=jnp.float64))
-    theta = theta_map + z @ (eigvec * np.sqrt(1.0 / eigval)).T
+    theta = theta_map + z @ root.T
     messages = _laplace_messages(problem, grad, cov, sd, theta)
     _warn(messages, "Laplace approximation")
     return LaplaceFit(
