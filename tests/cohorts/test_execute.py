@@ -44,3 +44,10 @@ def test_local_workers_each_run_on_their_own_cores() -> None:
     free = _placements(DaskCluster(workers=workers, pin_cores=False))
     assert [c for c, _ in free] == [cores] * workers
     assert [n for _, n in free] == [len(cores) // workers] * workers
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no per-thread CPU affinity on this OS")
+def test_cluster_options_size_the_cluster_and_the_shares() -> None:
+    cores = tuple(sorted(os.sched_getaffinity(0)))
+    # the cluster's own n_workers wins over `workers`: one worker, given every core
+    assert _placements(DaskCluster(workers=3, cluster_options={"n_workers": 1})) == [(cores, len(cores))]

@@ -253,8 +253,8 @@ class DaskCluster:
         pin_cores: give each worker of a local cluster its own block of this process's cores
             (:func:`share_cores`, :func:`immunetwin.runtime.pin_to_cores`; Linux), where there are
             at least as many cores as workers. Unpinned, two workers on the 2-core benchmark machine
-            ran the benchmark trial 1.4x slower than one (their XLA threads roam over both cores);
-            pinned, two are faster than one (``benchmarks/README.md``). Ignored for an ``address``:
+            ran a trial 1.3-1.5x slower than one (their XLA threads roam over both cores); pinned,
+            two are faster than one once started (``benchmarks/README.md``). Ignored for an ``address``:
             this process cannot see that cluster's machines.
     """
 
@@ -292,7 +292,7 @@ class DaskCluster:
             if self.address is not None:
                 client.run(setup_worker, self.cpu_devices, self.cache_dir, None)
             else:
-                client.wait_for_workers(self.workers)
+                client.wait_for_workers(int(self.cluster_options.get("n_workers", self.workers)))
                 info = client.scheduler_info()["workers"]
                 addresses = sorted(info, key=lambda a: str(info[a].get("name")))
                 cores = _usable_cores()
