@@ -148,6 +148,10 @@ def test_fit_refuses_bad_arguments_before_compiling(immune: Template) -> None:
         fit_population(immune, data, random=("p",), key=key, parameterisation="funnel")
     with pytest.raises(InputError, match="start must be 'laplace' or 'prior', got 'map'"):
         fit_population(immune, data, random=("p",), key=key, start="map")
+    with pytest.raises(InputError, match=r"chain_method must be one of .* got 'pmap'"):
+        fit_population(immune, data, random=("p",), key=key, chain_method="pmap")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="'parallel' is not available for population fits"):
+        fit_population(immune, data, random=("p",), key=key, chain_method="parallel")
     with pytest.raises(InputError, match="log-normal prior"):
         fit_population(immune, data, random=("eps_av",), key=key)
     with pytest.raises(UnknownIdError):

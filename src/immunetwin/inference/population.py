@@ -60,13 +60,14 @@ import numpyro
 import numpyro.distributions as dist
 import pandas as pd
 from numpyro import handlers
-from numpyro.infer import MCMC, NUTS
+from numpyro.infer import NUTS
 from numpyro.infer.util import potential_energy
 
 from immunetwin.engines.codegen import compile_expressions, quantity_index
 from immunetwin.engines.integrate import Controls, solve_one
 from immunetwin.engines.solvers import AbstractMethod, Rodas5P
 from immunetwin.errors import InputError, UnknownIdError
+from immunetwin.inference.chains import ChainMethod, check_chain_method, run_chains
 from immunetwin.inference.population_fit import (
     ESS_MIN,
     NUTS_FIELDS,
@@ -497,7 +498,7 @@ def fit_population(
     target_accept: float = 0.8,
     max_tree_depth: int = 8,
     dense_mass: bool = True,
-    chain_method: Literal["vectorized", "sequential"] = "vectorized",
+    chain_method: ChainMethod = "vectorized",
     parameterisation: Literal["centred", "non-centred"] = "centred",
     start: Literal["laplace", "prior"] = "laplace",
     progress: bool = False,
@@ -526,7 +527,9 @@ def fit_population(
         chain_method: ``"vectorized"`` runs the chains in lockstep as one batched program, right
             for small cohorts, where a batched solve costs little more than one chain's; for large
             ``patients x parameters`` the solve cost grows with the batch and ``"sequential"`` saves
-            the lockstep's wait for the longest tree.
+            the lockstep's wait for the longest tree. (``"parallel"`` is refused here: a NumPyro
+            model is traced through effect handlers that all threads of a process share, so its
+            chains cannot be traced in threads, as :mod:`immunetwin.inference.chains` does.)
         parameterisation: ``"centred"`` samples each patient's ``log_theta`` given ``mu`` and
             ``omega``; ``"non-centred"`` samples ``z = (log_theta - mu) / omega``. Which one NUTS
             explores well depends on how much each patient's data say (Betancourt & Girolami 2015):
@@ -559,8 +562,13 @@ def fit_population(
         raise InputError(f"parameterisation must be 'centred' or 'non-centred', got '{parameterisation}'")
     if start not in ("laplace", "prior"):
         raise InputError(f"start must be 'laplace' or 'prior', got '{start}'")
-    if chain_method not in ("vectorized", "sequential"):
-        raise InputError(f"chain_method must be 'vectorized' or 'sequential', got '{chain_method}'")
+    check_chain_method(chain_method)
+    if chain_method == "parallel":
+        raise InputError(
+            "chain_method='parallel' is not available for population fits: NumPyro's effect handlers,"
+            " through which the population model is traced, are shared by all threads of a process;"
+            " use 'vectorized' or 'sequential'"
+        )
     random = tuple(random)
     if not random or len(set(random)) != len(random):
         raise InputError(f"random must name distinct parameters, got {random}")
@@ -595,31 +603,21 @@ def fit_population(
             )
             block = layout.sites()
             metric = {block: cov if dense_mass else np.diagonal(cov).copy()}
-            kernel = NUTS(
-                model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
-                dense_mass=[block] if dense_mass else [], inverse_mass_matrix=metric,
-                adapt_mass_matrix=False,
-            )  # fmt: skip
+            options = {"dense_mass": [block] if dense_mass else [], "inverse_mass_matrix": metric,
+                       "adapt_mass_matrix": False}  # fmt: skip
         else:
             init = _initial_values(
                 k_init, chains, mu_prior[0], data.n_patients, sigma, info.noise.sigma, site == "log_theta"
             )
-            kernel = NUTS(
-                model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth, dense_mass=dense_mass
-            )
-        mcmc = MCMC(
-            kernel,
-            num_warmup=warmup,
-            num_samples=draws,
-            num_chains=chains,
-            chain_method=chain_method,
-            progress_bar=progress,
-        )
-        if chains == 1:
-            init = {k: v[0] for k, v in init.items()}
-        mcmc.run(k_run, init_params=init, extra_fields=NUTS_FIELDS)
-        samples = mcmc.get_samples(group_by_chain=True)
-        extra = mcmc.get_extra_fields(group_by_chain=True)
+            options = {"dense_mass": dense_mass}
+
+        def kernel() -> NUTS:
+            return NUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth, **options)
+
+        samples, extra = run_chains(
+            kernel, key=k_run, init=init, chains=chains, warmup=warmup, draws=draws,
+            chain_method=chain_method, progress=progress, extra_fields=NUTS_FIELDS,
+        )  # fmt: skip
         idata = inference_data(samples, extra, random, data.patients)
     rhat, ess, divergences, messages = diagnose(idata)
     if messages:

@@ -41,10 +41,11 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import xarray as xr
-from numpyro.infer import MCMC, NUTS
+from numpyro.infer import NUTS
 
 from immunetwin.engines.xla import jit
 from immunetwin.errors import InputError
+from immunetwin.inference.chains import ChainMethod, check_chain_method, run_chains
 from immunetwin.inference.likelihood import (
     Objective,
     forward_value_and_grad,
@@ -367,7 +368,7 @@ def sample_posterior(
     init: Any = None,
     target_accept: float = 0.8,
     progress: bool = False,
-    chain_method: Literal["vectorized", "sequential"] = "vectorized",
+    chain_method: ChainMethod = "vectorized",
     init_jitter: float = 0.5,
     dense_mass: bool = False,
     metric: Literal["adapt", "laplace"] = "adapt",
@@ -384,8 +385,9 @@ def sample_posterior(
             array ``(chains, dim)`` gives each chain's start as it is. ``None``: the nominal point.
         target_accept: NUTS's target acceptance probability during adaptation.
         progress: show NumPyro's progress bar.
-        chain_method: ``"vectorized"`` (chains batched with ``jax.vmap``; right on one CPU device) or
-            ``"sequential"``.
+        chain_method: ``"vectorized"`` (chains batched with ``jax.vmap``; right on one CPU device),
+            ``"sequential"`` or ``"parallel"`` (one program per chain, spread over the JAX devices:
+            :mod:`immunetwin.inference.chains`).
         dense_mass: a dense mass matrix (helps strongly correlated parameters); with
             ``metric="laplace"``, the whole Laplace covariance instead of its diagonal.
         metric: ``"adapt"``: NUTS learns the mass matrix in warm-up windows (Stan's scheme).
@@ -408,34 +410,32 @@ def sample_posterior(
         raise InputError(f"problem '{problem.name}' estimates no parameters")
     if min(chains, draws) < 1 or warmup < 0:
         raise InputError(f"chains and draws must be >= 1 and warmup >= 0, got {chains}, {draws}, {warmup}")
-    if chain_method not in ("vectorized", "sequential"):
-        raise InputError(f"chain_method must be 'vectorized' or 'sequential', got '{chain_method}'")
+    check_chain_method(chain_method)
     if metric not in ("adapt", "laplace"):
         raise InputError(f"metric must be 'adapt' or 'laplace', got '{metric}'")
     key_init, key_run = jax.random.split(key)
     with jax.enable_x64(True):
+        potential = _potential(objective)
         if metric == "laplace":
             u0, cov = _laplace_metric(objective, init, key_init, chains)
-            kernel = NUTS(
-                potential_fn=_potential(objective), target_accept_prob=target_accept, dense_mass=dense_mass,
-                inverse_mass_matrix=cov if dense_mass else np.diagonal(cov).copy(), adapt_mass_matrix=False,
-            )  # fmt: skip
+            fixed = {
+                "inverse_mass_matrix": cov if dense_mass else np.diagonal(cov).copy(),
+                "adapt_mass_matrix": False,
+            }
         else:
-            u0 = _initial_u(problem, init, key_init, chains, init_jitter)
-            kernel = NUTS(
-                potential_fn=_potential(objective), target_accept_prob=target_accept, dense_mass=dense_mass
+            u0, fixed = _initial_u(problem, init, key_init, chains, init_jitter), {}
+
+        def kernel() -> NUTS:
+            return NUTS(
+                potential_fn=potential, target_accept_prob=target_accept, dense_mass=dense_mass, **fixed
             )
-        mcmc = MCMC(
-            kernel,
-            num_warmup=warmup,
-            num_samples=draws,
-            num_chains=chains,
-            chain_method=chain_method,
-            progress_bar=progress,
-        )
-        mcmc.run(key_run, init_params=jnp.asarray(u0 if chains > 1 else u0[0]), extra_fields=_EXTRA_FIELDS)
-        u = np.asarray(mcmc.get_samples(group_by_chain=True))
-        extra = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
+
+        samples, extra = run_chains(
+            kernel, key=key_run, init=np.asarray(u0), chains=chains, warmup=warmup, draws=draws,
+            chain_method=chain_method, progress=progress, extra_fields=_EXTRA_FIELDS,
+        )  # fmt: skip
+        u = np.asarray(samples)
+        extra = {k: np.asarray(v) for k, v in extra.items()}
     lo, width = problem.lower, problem.upper - problem.lower
     theta = lo + width / (1.0 + np.exp(-u))
     stats = {

@@ -1,0 +1,66 @@
+"""Chains spread over devices (immunetwin.inference.chains): a chain's draws do not depend on how
+many devices share the chains, and the methods are checked by name."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from immunetwin.errors import InputError
+from immunetwin.inference.chains import check_chain_method
+
+CHILD = """
+import json, sys, warnings
+from immunetwin.runtime import use_all_cpu_cores
+use_all_cpu_cores({devices})
+sys.path.insert(0, {here!r})
+import jax
+import test_posterior as tp
+from immunetwin.inference.likelihood import compile_objective
+from immunetwin.inference.posterior import sample_posterior
+objective = compile_objective(tp.problem.__wrapped__())
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    fit = sample_posterior(objective, key=jax.random.PRNGKey(11), chains=3, draws=40, warmup=40,
+                           chain_method="{method}")
+post = fit.idata.posterior["theta"].values
+print(json.dumps({{"devices": jax.local_device_count(), "theta": post.tolist(),
+                  "steps": fit.idata.sample_stats["n_steps"].values.tolist()}}))
+"""
+
+
+def _run(devices: int, method: str) -> dict:
+    here = str(Path(__file__).parent)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD.format(devices=devices, here=here, method=method)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_parallel_chains_are_the_same_on_one_or_two_devices() -> None:
+    one, two = _run(1, "parallel"), _run(2, "parallel")
+    assert (one["devices"], two["devices"]) == (1, 2)
+    theta = np.asarray(one["theta"])
+    assert theta.shape == (3, 40, 2) and np.isfinite(theta).all()
+    np.testing.assert_array_equal(theta, np.asarray(two["theta"]))
+    np.testing.assert_array_equal(np.asarray(one["steps"]), np.asarray(two["steps"]))
+    # three chains from three keys: not copies of one another
+    assert not np.array_equal(theta[0], theta[1]) and not np.array_equal(theta[1], theta[2])
+
+
+def test_unknown_chain_methods_are_refused_by_name() -> None:
+    for method in ("vectorized", "sequential", "parallel"):
+        check_chain_method(method)
+    with pytest.raises(
+        InputError, match="chain_method must be one of 'vectorized', 'sequential', 'parallel', got 'pmap'"
+    ):
+        check_chain_method("pmap")
