@@ -396,7 +396,8 @@ def sample_posterior(
             ``U`` the potential, held fixed while warm-up adapts the step size only, and each chain
             starts from a draw of that Gaussian. A good metric from the first iteration, where Stan's
             windows need hundreds of warm-up draws to estimate one (the same choice as
-            :func:`~immunetwin.inference.fit_population`; Betancourt 2017, arXiv:1701.02434, §4.2).
+            :func:`~immunetwin.inference.fit_population`; on the Euclidean metric as the inverse
+            posterior covariance, Betancourt 2017, arXiv:1701.02434).
 
     Returns:
         A :class:`PosteriorFit`; when it is not converged a :class:`ConvergenceWarning` is emitted too.
