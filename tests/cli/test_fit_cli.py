@@ -30,7 +30,7 @@ def test_fit_map_of_a_template_to_one_persons_viral_loads(tmp_path):
     assert result["log_likelihood"] > -40  # 14 points, sd 0.5: a fit, not a failure (-inf)
 
 
-def test_fit_nuts_with_the_laplace_metric_writes_its_posterior(tmp_path):
+def test_fit_nuts_with_the_laplace_metric_and_parallel_chains_writes_its_posterior(tmp_path):
     import arviz as az
 
     data = tmp_path / "ke01.csv"
@@ -38,7 +38,7 @@ def test_fit_nuts_with_the_laplace_metric_writes_its_posterior(tmp_path):
     out = tmp_path / "fit"
     res = _run(
         "fit", "viral_tiv", "--data", str(data), "--starts", "2", "--method", "nuts", "--metric", "laplace",
-        "--chains", "2", "--draws", "6", "--warmup", "4", "--out", str(out),
+        "--chains", "2", "--draws", "6", "--warmup", "4", "--chain-method", "parallel", "--out", str(out),
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     result = json.loads((out / "map.json").read_text())
@@ -56,6 +56,7 @@ def test_fit_nuts_with_the_laplace_metric_writes_its_posterior(tmp_path):
         (("fit", "nope.yaml"), "file not found"),
         (("fit", "viral_tiv", "--data", "x.csv", "--method", "mcmc"), "--method 'mcmc'"),
         (("fit", "viral_tiv", "--data", "x.csv", "--method", "nuts", "--metric", "unit"), "--metric 'unit'"),
+        (("fit", "viral_tiv", "--data", "x.csv", "--chain-method", "pmap"), "--chain-method 'pmap'"),
     ],
 )
 def test_fit_refusals_are_one_line(args, message, tmp_path):

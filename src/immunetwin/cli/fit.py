@@ -65,6 +65,13 @@ def fit(
             " approximation at the MAP, fixed: for short warm-ups of near-Gaussian posteriors)"
         ),
     ] = "adapt",
+    chain_method: Annotated[
+        str,
+        typer.Option(
+            help="NUTS: vectorized (chains in lockstep in one program), sequential, or parallel (one"
+            " program per chain, spread over the cores; its draws do not depend on the core count)"
+        ),
+    ] = "vectorized",
     seed: Annotated[int, typer.Option(help="random seed (starts, draws)")] = 0,
     out: Annotated[
         Path | None, typer.Option(help="folder for results: map.json, and posterior.nc for laplace/nuts")
@@ -84,6 +91,8 @@ def fit(
         raise InputError(f"--method '{method}': choose one of {', '.join(_METHODS)}")
     if metric not in ("adapt", "laplace"):
         raise InputError(f"--metric '{metric}': choose adapt or laplace")
+    if chain_method not in ("vectorized", "sequential", "parallel"):
+        raise InputError(f"--chain-method '{chain_method}': choose vectorized, sequential or parallel")
     for name, value in (("--starts", starts), ("--chains", chains), ("--draws", draws)):
         if value < 1:
             raise InputError(f"{name} must be at least 1, got {value}")
@@ -126,7 +135,7 @@ def fit(
             else:
                 posterior = sample_posterior(
                     objective, key=key_post, chains=chains, draws=draws, warmup=warmup, init=result.theta,
-                    metric=metric, dense_mass=metric == "laplace",
+                    metric=metric, dense_mass=metric == "laplace", chain_method=chain_method,
                 )  # fmt: skip
         console.print(posterior.summary().to_string(), markup=False)
         for message in posterior.warnings:
