@@ -85,14 +85,15 @@ def fit(
     import jax
 
     from immunetwin.inference import compile_objective
+    from immunetwin.inference.chains import CHAIN_METHODS
     from immunetwin.inference.fit import fit_map
 
     if method not in _METHODS:
         raise InputError(f"--method '{method}': choose one of {', '.join(_METHODS)}")
     if metric not in ("adapt", "laplace"):
         raise InputError(f"--metric '{metric}': choose adapt or laplace")
-    if chain_method not in ("vectorized", "sequential", "parallel"):
-        raise InputError(f"--chain-method '{chain_method}': choose vectorized, sequential or parallel")
+    if chain_method not in CHAIN_METHODS:
+        raise InputError(f"--chain-method '{chain_method}': choose {', '.join(CHAIN_METHODS)}")
     for name, value in (("--starts", starts), ("--chains", chains), ("--draws", draws)):
         if value < 1:
             raise InputError(f"{name} must be at least 1, got {value}")
