@@ -156,6 +156,13 @@ def simulate(
     ] = "rodas5p",
     rtol: Annotated[float, typer.Option(help="Relative tolerance.")] = 1e-6,
     atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 1e-9,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="xla (JAX, default: CPU or GPU, any model) or native (the model built as C with this "
+            "machine's compiler: CPU, no events, fastest for cohorts)."
+        ),
+    ] = "xla",
     all_columns: Annotated[
         bool, typer.Option("--all-columns", help="Write every quantity, not only states.")
     ] = False,
@@ -186,8 +193,9 @@ def simulate(
     columns = list(m.ids) if all_columns else None
     if cohort is None:
         traj = simulate_one(
-            m, times, parameters=params, initial=initial, schedule=sched, solver=method, controls=ctl
-        )
+            m, times, parameters=params, initial=initial, schedule=sched, solver=method, controls=ctl,
+            backend=backend,
+        )  # fmt: skip
         if not traj.ok:
             raise InputError(f"the solve failed ({traj.status}); try --solver rodas5p or looser --rtol")
         frame = traj.to_frame(columns)
@@ -220,6 +228,7 @@ def simulate(
             controls=ctl,
             chunk_size=1024,
             progress=lambda done, total: bar.update(task, completed=done),
+            backend=backend,
         )
     failed = int((~result.ok).sum())
     if failed:

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from immunetwin.engines.integrate import Controls
-from immunetwin.engines.ode import simulate_cohort
+from immunetwin.engines.native import check_supported
+from immunetwin.engines.ode import BACKENDS, simulate_cohort
 from immunetwin.engines.solvers import Dopri5, Rodas5P
 from immunetwin.errors import InputError, UnknownIdError
 from immunetwin.templates import Template, load_template
@@ -76,6 +77,7 @@ class Work:
             metrics such as times to clearance are interpolated between outputs).
         probes: observables to read at given days (plausibility constraints, matching).
         rtol, atol, solver: solver settings (``rodas5p``, the stiff default, or ``dopri5``).
+        backend: the engine (``xla`` or ``native``: :data:`immunetwin.engines.ode.BACKENDS`).
     """
 
     template: str
@@ -87,6 +89,7 @@ class Work:
     atol: float = 1e-9
     solver: str = "rodas5p"
     root: str | None = None
+    backend: str = "xla"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "arms", tuple(self.arms))
@@ -99,6 +102,8 @@ class Work:
             raise InputError(f"step must be in (0, horizon], got {self.step}")
         if self.solver not in SOLVERS:
             raise UnknownIdError("solver", self.solver, tuple(SOLVERS))
+        if self.backend not in BACKENDS:
+            raise UnknownIdError("backend", self.backend, BACKENDS)
         Controls(rtol=self.rtol, atol=self.atol)  # checks the tolerances
         for p in self.probes:
             if not (math.isfinite(p.day) and 0 <= p.day <= self.horizon):
@@ -141,6 +146,8 @@ def check_work(work: Work) -> Template:
     from immunetwin.decisions.scenarios import scenario
 
     template = _template(work.template, work.root)
+    if work.backend == "native":
+        check_supported(template.model.spec, SOLVERS[work.solver]())
     for arm in work.arms:
         scenario(template, arm)
     for p in work.probes:
@@ -175,6 +182,7 @@ def run_chunk(work: Work, parameters: Mapping[str, np.ndarray], pad_to: int = 0)
         template.model, times, parameters={k: np.repeat(np.asarray(v, float), a) for k, v in parameters.items()},
         schedule=schedules * n, solver=SOLVERS[work.solver](), controls=Controls(rtol=work.rtol, atol=work.atol),
         chunk_size=n * a, outputs=template.required_ids([p.observable for p in work.probes]),
+        backend=work.backend,
     )  # fmt: skip
     ok = np.asarray(cohort.ok)
     outcomes = {k: np.where(ok, np.asarray(v, float), np.nan).reshape(n, a) for k, v in template.outcomes(cohort).items()}  # fmt: skip

@@ -27,7 +27,7 @@
     block_size: 6
     sample_size: 1000      # patients per arm
     level: 0.95
-    solver: {method: rodas5p, rtol: 1.0e-6, atol: 1.0e-9}
+    solver: {method: rodas5p, rtol: 1.0e-6, atol: 1.0e-9, backend: xla}  # backend: xla or native (C, CPU)
     execution: {chunk_size: 2048, workers: 1, scheduler: null}  # overlap: chunks in flight in process
 
 ``{population: fit.nc}`` draws new patients from a hierarchical population fit saved with
@@ -48,6 +48,7 @@ import yaml
 
 from immunetwin.cohorts.matching import NormalTarget
 from immunetwin.cohorts.population import Constraint, Match
+from immunetwin.engines.ode import BACKENDS
 from immunetwin.errors import ImmunetwinError, InputError
 
 __all__ = ["TrialSpec", "load_trial", "parse_trial"]
@@ -86,6 +87,7 @@ class TrialSpec:
     solver: str = "rodas5p"
     rtol: float = 1e-6
     atol: float = 1e-9
+    backend: str = "xla"
     chunk_size: int = 2048
     workers: int = 1
     scheduler: str | None = None
@@ -104,6 +106,12 @@ class TrialSpec:
 
 def _fail(where: str, key: str, message: str) -> InputError:
     return InputError(f"{where}: {key}: {message}")
+
+
+def _backend(where: str, raw: Any) -> str:
+    if raw not in BACKENDS:
+        raise _fail(where, "solver.backend", f"must be one of {', '.join(BACKENDS)}, got {raw!r}")
+    return str(raw)
 
 
 def _number(where: str, key: str, raw: Any, *, positive: bool = False, integer: bool = False) -> float:
@@ -264,6 +272,7 @@ def parse_trial(raw: Any, *, where: str = "trial", base: Path = Path(".")) -> Tr
             level=level, solver=str(solver.get("method", "rodas5p")),
             rtol=_number(where, "solver.rtol", solver.get("rtol", 1e-6), positive=True),
             atol=_number(where, "solver.atol", solver.get("atol", 1e-9), positive=True),
+            backend=_backend(where, solver.get("backend", "xla")),
             chunk_size=int(_number(where, "execution.chunk_size", execution.get("chunk_size", 2048), positive=True, integer=True)),
             workers=int(_number(where, "execution.workers", execution.get("workers", 1), positive=True, integer=True)),
             scheduler=scheduler, where=where,

@@ -116,7 +116,7 @@ def _rewrite(expr: sp.Basic) -> sp.Basic:
 class _Names:
     """Symbol -> local variable name, and expression -> source text."""
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, printer: Any = None) -> None:
         self.index = {q.id: i for i, q in enumerate(spec.quantities)}
         by_name: dict[str, sp.Symbol] = {TIME.name: sp.Symbol("t")}
         for qid, i in self.index.items():
@@ -124,7 +124,7 @@ class _Names:
             by_name[amount_symbol(qid).name] = sp.Symbol(f"a{i}")
             by_name[declared_symbol(qid).name] = sp.Symbol(f"d{i}")
         self.by_name = by_name
-        self.printer = _Printer({"fully_qualified_modules": True, "inline": True})
+        self.printer = printer or _Printer({"fully_qualified_modules": True, "inline": True})
 
     def q(self, qid: str) -> str:
         return f"q{self.index[qid]}"
@@ -174,9 +174,27 @@ def _stack(items: list[str]) -> str:
     return "jnp.stack([" + ", ".join(f"jnp.asarray({x}, dtype=jnp.float64)" for x in items) + "])"
 
 
-def _jacobian_source(spec: ModelSpec, names: _Names, pre: list[str]) -> list[str] | None:
-    """``jac(t, y, c) -> (J, df/dt)`` by forward accumulation of exact derivatives through the
-    derived quantities (chain rule over the rule DAG), emitting only non-zero entries.
+@dataclass(frozen=True)
+class JacobianTerms:
+    """Exact derivatives of a model's right-hand side, as expressions over local-variable symbols.
+
+    Attributes:
+        assignments: ``(g_k, expression)`` intermediate partial derivatives, in evaluation order (after
+            the prelude that binds states, constants and derived quantities).
+        pattern: the structurally non-zero entries (row, column) of df/dy.
+        values: each entry's value (a symbol ``g_k``), in ``pattern`` order.
+        dfdt: df_i/dt for each state (``g_k`` or 0).
+    """
+
+    assignments: tuple[tuple[str, sp.Basic], ...]
+    pattern: tuple[tuple[int, int], ...]
+    values: tuple[sp.Basic, ...]
+    dfdt: tuple[sp.Basic, ...]
+
+
+def jacobian_terms(spec: ModelSpec, names: _Names) -> JacobianTerms | None:
+    """df/dy and df/dt by forward accumulation of exact derivatives through the derived quantities
+    (chain rule over the rule DAG), keeping only non-zero entries.
 
     Returns None when sympy cannot differentiate an expression (then the engine uses ``jax.jacfwd``).
     """
@@ -185,7 +203,7 @@ def _jacobian_source(spec: ModelSpec, names: _Names, pre: list[str]) -> list[str
         names.stored(st): {k: sp.Integer(1)} for k, st in enumerate(spec.states)
     }
     grads["t"] = {n: sp.Integer(1)}
-    lines: list[str] = []
+    lines: list[tuple[str, sp.Basic]] = []
     counter = [0]
 
     def accumulate(expr: sp.Basic) -> dict[int, sp.Basic]:
@@ -210,7 +228,7 @@ def _jacobian_source(spec: ModelSpec, names: _Names, pre: list[str]) -> list[str
                 continue
             counter[0] += 1
             var = sp.Symbol(f"g{counter[0]}")
-            lines.append(f"    {var} = {names.print_local(e)}")
+            lines.append((var.name, e))
             named[col] = var
         return named
 
@@ -223,12 +241,26 @@ def _jacobian_source(spec: ModelSpec, names: _Names, pre: list[str]) -> list[str
         rows = [emit(accumulate(names.local(st.rate))) for st in spec.states]
     except (ValueError, TypeError, NotImplementedError):
         return None
-    pattern = [(r, col) for r in range(n) for col in sorted(rows[r]) if col < n]
-    out = ["def jac(t, y, c):", *pre, *lines]
-    out.append("    vals = " + _stack([str(rows[r][col]) for r, col in pattern]))
-    out.append("    dt = " + _stack([str(rows[r].get(n, 0.0)) for r in range(n)]))
+    pattern = tuple((r, col) for r in range(n) for col in sorted(rows[r]) if col < n)
+    return JacobianTerms(
+        assignments=tuple(lines),
+        pattern=pattern,
+        values=tuple(rows[r][col] for r, col in pattern),
+        dfdt=tuple(rows[r].get(n, sp.Float(0.0)) for r in range(n)),
+    )
+
+
+def _jacobian_source(spec: ModelSpec, names: _Names, pre: list[str]) -> list[str] | None:
+    """``jac(t, y, c) -> (J, df/dt)`` (:func:`jacobian_terms` as JAX source)."""
+    terms = jacobian_terms(spec, names)
+    if terms is None:
+        return None
+    out = ["def jac(t, y, c):", *pre]
+    out += [f"    {var} = {names.print_local(e)}" for var, e in terms.assignments]
+    out.append("    vals = " + _stack([str(v) for v in terms.values]))
+    out.append("    dt = " + _stack([str(v) for v in terms.dfdt]))
     out.append("    return vals, dt")
-    out.append(f"jac_pattern = {tuple(pattern)!r}")
+    out.append(f"jac_pattern = {terms.pattern!r}")
     return out
 
 

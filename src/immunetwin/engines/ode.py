@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from immunetwin.engines import native
 from immunetwin.engines.cache import compiled_solver
 from immunetwin.engines.codegen import GeneratedFunctions, generate
 from immunetwin.engines.integrate import STATUS, Controls, solve_batch, solve_one
@@ -29,7 +30,20 @@ from immunetwin.errors import InputError, SolverError, UnknownIdError
 from immunetwin.spec.model import ModelSpec
 from immunetwin.spec.schedule import Schedule
 
-__all__ = ["CohortTrajectory", "Model", "Trajectory", "compile_model", "simulate", "simulate_cohort"]
+__all__ = [
+    "BACKENDS",
+    "CohortTrajectory",
+    "Model",
+    "Trajectory",
+    "compile_model",
+    "simulate",
+    "simulate_cohort",
+]
+
+#: Engines that solve a model: ``"xla"`` (JAX: CPU and GPU, differentiable, every supported SBML
+#: construct) and ``"native"`` (the model's solver as generated C built with this machine's compiler:
+#: CPU only, no events, no gradients, several times faster per core; :mod:`immunetwin.engines.native`).
+BACKENDS = ("xla", "native")
 
 
 @dataclass(frozen=True, eq=False)
@@ -425,7 +439,11 @@ def _run(
     chunk: int,
     progress: Callable[[int, int], None] | None,
     columns: tuple[int, ...] | None = None,
+    backend: str = "xla",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if backend == "native":
+        solver = native.build(model.spec, method)
+        return native.run_native(solver, ts_full, d, m, stops, ctl, chunk, progress, columns)
     trig0 = np.array([e.initial_value for e in model.spec.events], dtype=bool)
     b = d.shape[0]
     chunk, shards = _block(chunk, b)
@@ -477,6 +495,7 @@ def simulate(
     controls: Controls = Controls(),
     t0: float = 0.0,
     throw: bool = False,
+    backend: str = "xla",
 ) -> Trajectory:
     """Simulate one patient.
 
@@ -492,16 +511,18 @@ def simulate(
         controls: tolerances and step limits.
         t0: start time (initial values hold here).
         throw: raise :class:`SolverError` instead of returning a failed status.
+        backend: ``"xla"`` (default) or ``"native"`` (:data:`BACKENDS`).
 
     Returns:
         The trajectory; check ``.status`` (or pass ``throw=True``).
     """
+    method = _check_backend(model, backend, solver)
     ts, ts_full, drop = _prepare_times(times, t0)
     over = _overrides(model, dict(parameters or {}) | dict(initial or {}), "parameter", None)
     d, m = _declared(model, over, 1)
     stops = _stops(model, [schedule or Schedule()], model.spec.constants)
     _check_stop_times(stops[0], t0)
-    obs, status, steps = _run(model, ts_full, d, m, stops, solver or Rodas5P(), controls, 1, None)
+    obs, status, steps = _run(model, ts_full, d, m, stops, method, controls, 1, None, backend=backend)
     traj = Trajectory(ts, model.ids, obs[0, drop:], model.state_ids, STATUS[int(status[0])], int(steps[0]))
     if throw and not traj.ok:
         raise SolverError(f"simulation of '{model.spec.id}' failed: {traj.status}")
@@ -522,6 +543,7 @@ def simulate_cohort(
     chunk_size: int = 4096,
     progress: Callable[[int, int], None] | None = None,
     outputs: Sequence[str] | None = None,
+    backend: str = "xla",
 ) -> CohortTrajectory:
     """Simulate many patients at once (one batched loop per chunk of ``chunk_size`` patients, the chunk
     split over the devices when there are several).
@@ -531,7 +553,10 @@ def simulate_cohort(
     of patients when no array does. ``progress(done, total)`` is called after each chunk.
     ``outputs`` names the quantities to return (default: every id of the model); asking only for
     what is needed saves memory and, on a GPU, the transfer of the whole trajectory to the host.
+    ``backend="native"`` solves on this machine's CPU cores with the model's solver built as C
+    (:data:`BACKENDS`); a patient's result then does not depend on ``chunk_size`` or the core count.
     """
+    method = _check_backend(model, backend, solver)
     values = dict(parameters or {}) | dict(initial or {})
     sizes = {np.asarray(v).shape[0] for v in values.values() if np.ndim(v) == 1}
     if isinstance(schedule, Sequence):
@@ -551,10 +576,20 @@ def simulate_cohort(
     _check_stop_times(stops[0], t0)
     ids, columns = _columns(model, outputs)
     obs, status, steps = _run(
-        model, ts_full, d, m, stops, solver or Rodas5P(), controls, chunk_size, progress, columns
+        model, ts_full, d, m, stops, method, controls, chunk_size, progress, columns, backend=backend
     )
     names = np.array([STATUS[k] for k in range(len(STATUS))])[status]
     return CohortTrajectory(ts, ids, obs[:, drop:], model.state_ids, names, steps)
+
+
+def _check_backend(model: Model, backend: str, solver: AbstractMethod | None) -> AbstractMethod:
+    """The method to run (default Rodas5P), after checking that ``backend`` can run it on ``model``."""
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    method = solver or Rodas5P()
+    if backend == "native":
+        native.check_supported(model.spec, method)
+    return method
 
 
 def _columns(model: Model, outputs: Sequence[str] | None) -> tuple[tuple[str, ...], tuple[int, ...] | None]:

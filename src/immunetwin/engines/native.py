@@ -1,0 +1,873 @@
+"""The native cohort backend: a model's solver as generated C, built with the machine's compiler.
+
+The XLA engine (:mod:`immunetwin.engines.integrate`) steps a block of patients in lock-step, one
+element-wise fusion at a time: every stage of every step reads and writes the whole block's arrays,
+about 1.7 us per patient-step on a core of the 2-core AMD EPYC for the 14-state ``viral_immune``
+(``benchmarks/README.md``). This module writes one model's solver as C instead:
+
+* the model's functions (start values, right-hand side, exact Jacobian, every quantity for the
+  outputs) printed from the same sympy expressions and local names as the JAX functions
+  (:mod:`immunetwin.engines.codegen`) by sympy's C99 printer;
+* the LU factorisation of the Rosenbrock matrix $W = I/(h\\gamma) - J$ over the Jacobian's symbolic
+  sparsity pattern, unrolled, with the elimination order and fill-in of
+  :func:`immunetwin.engines.solvers.sparse_lu`, and the 8 stages unrolled with the tableau's
+  coefficients as literals;
+* the adaptive loop of :mod:`immunetwin.engines.integrate`: the same starting step, weighted RMS error
+  norm, step-size controller (Hairer, Nørsett & Wanner 1993, section II.4), exact stops at schedule
+  times, dense output for the outputs and status codes (:data:`~immunetwin.engines.integrate.STATUS`).
+  On every shipped template it takes the same steps as the XLA engine, and the outputs agree to
+  rounding (``tests/engines/test_native.py``).
+
+A thread steps :data:`LANES` patients at once, each one element of a GCC vector (``vector_size``):
+scalar C was latency-bound (the unrolled LU solve is one long dependency chain per patient: 1.9 us
+per step), four independent chains overlap (0.83 us) and, with AVX2, one instruction carries all four
+(0.37 us). Control (outputs, step size, stops) is scalar per lane, and a lane whose patient finishes
+takes the next one at once, so patients never wait for a slower companion.
+
+The module is built once per model with cffi (API mode: a CPython extension, compiled by the C
+compiler Python was built with) and kept in ``<cache>/immunetwin-native`` under a key that hashes
+the generated source, the compiler flags and the Python and cffi versions. A chunk of patients is
+split over this process's cores (``os.sched_getaffinity``: a pinned Dask worker uses only its own) in
+threads, the extension releasing the GIL. A patient's result depends only on its own inputs: not on
+the chunk, the thread count, its lane or its companions (element-wise IEEE arithmetic, no FMA
+contraction, no ``-ffast-math``).
+
+What it does not do, and refuses by name: models with events, models whose exact Jacobian sympy cannot
+write (``floor``, ``max``...), explicit methods (``Dopri5``), and derivatives through the solve
+(calibration uses the XLA engine). CPU only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import platform
+import re
+import shutil
+import sys
+import sysconfig
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sympy as sp
+from sympy.printing.c import C99CodePrinter
+
+from immunetwin.engines.codegen import _Names, jacobian_terms
+from immunetwin.engines.integrate import Controls
+from immunetwin.engines.solvers import AbstractMethod, _Rosenbrock, _rosenbrock_arrays
+from immunetwin.errors import InputError, SolverError
+from immunetwin.spec.model import ModelSpec
+
+__all__ = ["NativeSolver", "build", "c_source", "check_supported", "run_native"]
+
+#: Flags the generated C is compiled with. No ``-ffast-math`` (NaN checks and IEEE rounding are part
+#: of the solver's semantics) and no ``-march=native`` (a cached module must run on any machine of the
+#: same architecture); ``-ffp-contract=off`` keeps a*b+c two roundings wherever the compiler could fuse.
+CFLAGS: tuple[str, ...] = ("-O2", "-fno-math-errno", "-ffp-contract=off", "-w")
+
+
+@lru_cache(maxsize=1)
+def _target_flags() -> tuple[str, ...]:
+    """``-mavx2`` on an x86-64 processor that has AVX2 (a 4-lane vector is then one register: the
+    step ran 2.1x faster on the 2-core AMD EPYC, ``benchmarks/README.md``), else nothing. Only
+    element-wise IEEE operations change width, so results do not depend on it; it is part of the
+    module's key."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return ()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ()
+    return ("-mavx2",) if re.search(r"^flags\s*:.*\bavx2\b", flags, re.M) else ()
+
+
+_SIGNATURE = """
+void itn_solve(int64_t b, int64_t t_count, int64_t k_count, const double *ts, const double *d,
+               const uint8_t *m, const double *st, const double *sdy, const uint8_t *smask,
+               const double *sval, int64_t ncol, const int64_t *cols, double rtol, double atol,
+               int64_t max_steps, double *out, int64_t *status, int64_t *steps);
+"""
+
+
+class _CPrinter(C99CodePrinter):
+    """C99 printer with the SBML semantics of the JAX printer: a Piecewise without an 'otherwise'
+    is NaN there, ``rem`` takes the dividend's sign (``fmod``)."""
+
+    def _print_Piecewise(self, expr: sp.Piecewise) -> str:
+        out = "NAN"
+        for value, cond in reversed(expr.args):
+            v = self._print(value)
+            out = v if cond == sp.true else f"(({self._print(cond)}) ? ({v}) : ({out}))"
+        return out
+
+    def _print_Mod(self, expr: sp.Expr) -> str:
+        a, b = (self._print(x) for x in expr.args)
+        return f"fmod({a}, {b})"
+
+    def _print_BooleanTrue(self, expr: sp.Basic) -> str:
+        return "1"
+
+    def _print_BooleanFalse(self, expr: sp.Basic) -> str:
+        return "0"
+
+    def _print_Infinity(self, expr: sp.Basic) -> str:
+        return "INFINITY"
+
+    def _print_NegativeInfinity(self, expr: sp.Basic) -> str:
+        return "(-INFINITY)"
+
+    def _print_NaN(self, expr: sp.Basic) -> str:
+        return "NAN"
+
+
+#: Patients stepped together by one thread, one per element of a GCC vector (``vector_size``): the
+#: stages of a step run on all of them at once, so their independent dependency chains (the LU
+#: solve is one long chain per patient) overlap, and the compiler uses SIMD where the target has it.
+LANES = 4
+
+_VECTOR_FUNCTIONS = {
+    "exp": "exp",
+    "log": "log",
+    "sin": "sin",
+    "cos": "cos",
+    "tan": "tan",
+    "asin": "asin",
+    "acos": "acos",
+    "atan": "atan",
+    "sinh": "sinh",
+    "cosh": "cosh",
+    "tanh": "tanh",
+    "asinh": "asinh",
+    "acosh": "acosh",
+    "atanh": "atanh",
+    "floor": "floor",
+    "ceiling": "ceil",
+    "Abs": "fabs",
+    "gamma": "tgamma",
+    "atan2": "atan2",
+    "erf": "erf",
+    "erfc": "erfc",
+}
+
+
+class _VectorPrinter(_CPrinter):
+    """Expressions over ``vd`` (a GCC vector of :data:`LANES` doubles): arithmetic is element-wise
+    as written (a number operand is broadcast), functions map element by element (``v_exp``),
+    conditions are lane masks (``&``, ``|``, ``~``), Piecewise is ``v_where``."""
+
+    def _arg(self, expr: sp.Basic) -> str:
+        text = self._print(expr)
+        return f"vsplat({text})" if expr.is_number else text
+
+    def _print_Function(self, expr: sp.Basic) -> str:
+        name = _VECTOR_FUNCTIONS.get(type(expr).__name__)
+        if name is None:
+            raise NotImplementedError(f"function {type(expr).__name__}")
+        return f"v_{name}({', '.join(self._arg(a) for a in expr.args)})"
+
+    def _print_Pow(self, expr: sp.Pow) -> str:
+        base, e = expr.args
+        b = self._arg(base)
+        if e.is_Integer and 1 <= abs(int(e)) <= 4:
+            prod = " * ".join([f"({b})"] * abs(int(e)))
+            return f"({prod})" if int(e) > 0 else f"(1.0 / ({prod}))"
+        if e == sp.Rational(1, 2):
+            return f"v_sqrt({b})"
+        return f"v_pow({b}, {self._arg(e)})"
+
+    def _print_Max(self, expr: sp.Basic) -> str:
+        out = self._arg(expr.args[0])
+        for a in expr.args[1:]:
+            out = f"v_fmax({out}, {self._arg(a)})"
+        return out
+
+    def _print_Min(self, expr: sp.Basic) -> str:
+        out = self._arg(expr.args[0])
+        for a in expr.args[1:]:
+            out = f"v_fmin({out}, {self._arg(a)})"
+        return out
+
+    def _print_Mod(self, expr: sp.Expr) -> str:
+        a, b = (self._arg(x) for x in expr.args)
+        return f"v_fmod({a}, {b})"
+
+    def _print_Relational(self, expr: sp.Basic) -> str:
+        op = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}[expr.rel_op]
+        return f"((vl)({self._arg(expr.lhs)} {op} {self._arg(expr.rhs)}))"
+
+    def _print_And(self, expr: sp.Basic) -> str:
+        return "(" + " & ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Or(self, expr: sp.Basic) -> str:
+        return "(" + " | ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Not(self, expr: sp.Basic) -> str:
+        return f"(~{self._print(expr.args[0])})"
+
+    def _print_Xor(self, expr: sp.Basic) -> str:
+        return "(" + " ^ ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_BooleanTrue(self, expr: sp.Basic) -> str:
+        return "VTRUE"
+
+    def _print_BooleanFalse(self, expr: sp.Basic) -> str:
+        return "VFALSE"
+
+    def _print_Piecewise(self, expr: sp.Piecewise) -> str:
+        out = "vsplat(NAN)"
+        for value, cond in reversed(expr.args):
+            v = self._arg(value)
+            out = v if cond == sp.true else f"v_where({self._print(cond)}, {v}, {out})"
+        return out
+
+
+for _name in (
+    *_VECTOR_FUNCTIONS,
+    "Sqrt",
+    "exp2",
+    "expm1",
+    "log10",
+    "log2",
+    "log1p",
+    "Cbrt",
+    "hypot",
+    "fma",
+    "loggamma",
+):
+    # C99CodePrinter prints these by its own _print_<name> methods: route them through ours
+    setattr(_VectorPrinter, f"_print_{_name}", _VectorPrinter._print_Function)
+
+
+def check_supported(spec: ModelSpec, method: AbstractMethod) -> None:
+    """Raise :class:`InputError` naming what the native backend cannot run."""
+    if spec.events:
+        raise InputError(
+            f"backend='native' does not handle SBML events; model '{spec.id}' has {len(spec.events)}:"
+            " use backend='xla'"
+        )
+    if not isinstance(method, _Rosenbrock):
+        raise InputError(
+            f"backend='native' runs the Rosenbrock methods (Rodas5P, Rodas5), not {method.name}: "
+            "use backend='xla' for it"
+        )
+
+
+def _prelude(spec: ModelSpec, names: _Names, ctype: str) -> list[str]:
+    """C statements binding every quantity's value from (t, y, c), as the JAX prelude does."""
+    lines = [f"    const {ctype} {names.stored(st)} = y[{i}];" for i, st in enumerate(spec.states)]
+    lines += [f"    const {ctype} {names.q(cid)} = c[{i}];" for i, cid in enumerate(spec.constants)]
+    lines += [f"    const {ctype} {names.q(qid)} = {_value(names, expr)};" for qid, expr in spec.derived]
+    return lines
+
+
+def _value(names: _Names, expr: sp.Basic, local: bool = False) -> str:
+    """``expr`` as a C value of the printer's type (a number is broadcast for the vector printer)."""
+    e = expr if local else names.local(expr)
+    text = names.print_local(e)
+    return f"vsplat({text})" if isinstance(names.printer, _VectorPrinter) and e.is_number else text
+
+
+def _lu(
+    pattern: Sequence[tuple[int, int]], n: int
+) -> tuple[dict[tuple[int, int], int], list[str], list[str]]:
+    """Slots of the Rosenbrock matrix and its factors, and the unrolled factorisation and solve.
+
+    Mirrors :func:`immunetwin.engines.solvers.sparse_lu`/``sparse_lu_solve``: slots in the order
+    the JAX dict holds them (the Jacobian's pattern, then missing diagonal entries, then fill-in);
+    the solve multiplies by the pivots' reciprocals ``r``."""
+    slot: dict[tuple[int, int], int] = {}
+    for ij in pattern:
+        slot.setdefault(ij, len(slot))
+    for i in range(n):
+        slot.setdefault((i, i), len(slot))
+    factor: list[str] = []
+    for k in range(n):
+        row_k = [j for (i, j) in list(slot) if i == k and j > k]
+        for i in range(k + 1, n):
+            if (i, k) not in slot:
+                continue
+            factor.append(f"    a[{slot[(i, k)]}] = a[{slot[(i, k)]}] / a[{slot[(k, k)]}];")
+            for j in row_k:
+                if (i, j) in slot:
+                    factor.append(f"    a[{slot[(i, j)]}] -= a[{slot[(i, k)]}] * a[{slot[(k, j)]}];")
+                else:
+                    slot[(i, j)] = len(slot)
+                    factor.append(f"    a[{slot[(i, j)]}] = -a[{slot[(i, k)]}] * a[{slot[(k, j)]}];")
+    rows: dict[int, list[int]] = {i: [] for i in range(n)}
+    for i, j in slot:
+        rows[i].append(j)
+    solve: list[str] = []
+    for i in range(n):
+        solve += [f"    x[{i}] -= a[{slot[(i, j)]}] * x[{j}];" for j in rows[i] if j < i]
+    for i in range(n - 1, -1, -1):
+        solve += [f"    x[{i}] -= a[{slot[(i, j)]}] * x[{j}];" for j in rows[i] if j > i]
+        solve.append(f"    x[{i}] = x[{i}] * r[{i}];")
+    return slot, factor, solve
+
+
+def c_source(spec: ModelSpec, method: AbstractMethod) -> str:
+    """The C translation unit of ``spec``'s solver with ``method`` (a Rosenbrock tableau)."""
+    check_supported(spec, method)
+    scalar = _Names(spec, printer=_CPrinter())
+    vector = _Names(spec, printer=_VectorPrinter())
+    n, nc, nq = len(spec.states), len(spec.constants), len(spec.quantities)
+    try:
+        terms = jacobian_terms(spec, vector)
+        rates_v = [_value(vector, st.rate) for st in spec.states]
+        pre_v = _prelude(spec, vector, "vd")
+        jac_v = (
+            [f"    const vd {var} = {_value(vector, e, local=True)};" for var, e in terms.assignments]
+            if terms
+            else []
+        )
+        vals_v = (
+            [f"    v[{k}] = {_value(vector, e, local=True)};" for k, e in enumerate(terms.values)]
+            if terms
+            else []
+        )
+        dt_v = (
+            [f"    dt[{k}] = {_value(vector, e, local=True)};" for k, e in enumerate(terms.dfdt)]
+            if terms
+            else []
+        )
+    except NotImplementedError as exc:
+        raise InputError(
+            f"backend='native' cannot write model '{spec.id}' in C ({exc}): use backend='xla'"
+        ) from None
+    if terms is None:
+        raise InputError(
+            f"backend='native' needs the exact Jacobian of model '{spec.id}', which sympy cannot "
+            "write (a function without a derivative rule): use backend='xla'"
+        )
+    out = [
+        "#include <math.h>",
+        "#include <stdint.h>",
+        "#include <string.h>",
+        f"#define N {n}",
+        f"#define NC {nc}",
+        f"#define NQ {nq}",
+        f"#define NNZ {len(terms.pattern)}",
+        f"#define L {LANES}",
+        _VECTOR_HELPERS,
+    ]
+
+    # init(d, m, t) -> y0, c0 (user overrides win over initial assignments); scalar, once per patient
+    out.append("static void model_init(const double *d, const uint8_t *m, double t, double *y, double *c) {")
+    out += [f"    const double d{i} = d[{i}];" for i in range(nq)]
+    start = dict(spec.start)
+    for qid in spec.start_order:
+        i = scalar.index[qid]
+        out.append(f"    const double q{i} = m[{i}] ? d[{i}] : ({scalar.code(start[qid])});")
+    for k, st in enumerate(spec.states):
+        info = spec.info(st.id)
+        value = scalar.q(st.id)
+        if st.stored_as_amount and not info.only_substance_units and info.compartment:
+            value = f"{value} * {scalar.q(info.compartment)}"
+        out.append(f"    y[{k}] = {value};")
+    out += [f"    c[{i}] = {scalar.q(cid)};" for i, cid in enumerate(spec.constants)]
+    out += ["}", ""]
+
+    pre = _prelude(spec, scalar, "double")
+    out.append("static void model_rhs(double t, const double *y, const double *c, double *f) {")
+    out += pre
+    out += [f"    f[{k}] = {scalar.code(st.rate)};" for k, st in enumerate(spec.states)]
+    out += ["}", ""]
+
+    out.append("static void model_observe(double t, const double *y, const double *c, double *q) {")
+    out += pre
+    out += [f"    q[{i}] = {scalar.q(q.id)};" for i, q in enumerate(spec.quantities)]
+    out += ["}", ""]
+
+    out.append("static void model_rhs_v(vd t, const vd *y, const vd *c, vd *f) {")
+    out += pre_v
+    out += [f"    f[{k}] = {rate};" for k, rate in enumerate(rates_v)]
+    out += ["}", ""]
+
+    out.append("static void model_jac_v(vd t, const vd *y, const vd *c, vd *v, vd *dt) {")
+    out += pre_v + jac_v + vals_v + dt_v
+    out += ["}", ""]
+
+    slot, factor, solve = _lu(terms.pattern, n)
+    diag = [slot[(i, i)] for i in range(n)]
+    out.append(f"#define NLU {max(1, len(slot))}")
+    jslots = ", ".join(str(slot[ij]) for ij in terms.pattern) or "0"
+    out.append(f"static const int JSLOT[{max(1, len(terms.pattern))}] = {{{jslots}}};")
+    out.append(f"static const int DSLOT[{max(1, n)}] = {{{', '.join(map(str, diag)) or '0'}}};")
+    out.append("static void lu_factor(vd *a, vd *r) {")
+    out += factor
+    out += [f"    r[{i}] = 1.0 / a[{d}];" for i, d in enumerate(diag)]
+    out += ["}", ""]
+    out.append("static void lu_solve(const vd *a, const vd *r, vd *x) {")
+    out += solve
+    out += ["}", ""]
+    out += [f"#define ORDER {int(method.order)}", "", *_rosenbrock_step(method), "", _LOOP]
+    return "\n".join(out) + "\n"
+
+
+_VECTOR_HELPERS = r"""
+#define NN (N > 0 ? N : 1)
+#define NCC (NC > 0 ? NC : 1)
+typedef double vd __attribute__((vector_size(L * sizeof(double))));
+typedef int64_t vl __attribute__((vector_size(L * sizeof(double))));
+static inline vd vsplat(double x) { vd r; for (int l = 0; l < L; l++) r[l] = x; return r; }
+static inline vd v_where(vl m, vd a, vd b) { return (vd)((m & (vl)a) | (~m & (vl)b)); }
+#define VTRUE ((vl)(vsplat(0.0) == vsplat(0.0)))
+#define VFALSE ((vl)(vsplat(0.0) != vsplat(0.0)))
+#define VMAP1(name, f) static inline vd name(vd a) { vd r; for (int l = 0; l < L; l++) r[l] = f(a[l]); return r; }
+#define VMAP2(name, f) static inline vd name(vd a, vd b) { vd r; for (int l = 0; l < L; l++) r[l] = f(a[l], b[l]); return r; }
+VMAP1(v_exp, exp) VMAP1(v_log, log) VMAP1(v_sqrt, sqrt) VMAP1(v_fabs, fabs)
+VMAP1(v_sin, sin) VMAP1(v_cos, cos) VMAP1(v_tan, tan) VMAP1(v_asin, asin) VMAP1(v_acos, acos)
+VMAP1(v_atan, atan) VMAP1(v_sinh, sinh) VMAP1(v_cosh, cosh) VMAP1(v_tanh, tanh) VMAP1(v_asinh, asinh)
+VMAP1(v_acosh, acosh) VMAP1(v_atanh, atanh) VMAP1(v_floor, floor) VMAP1(v_ceil, ceil)
+VMAP1(v_tgamma, tgamma) VMAP1(v_erf, erf) VMAP1(v_erfc, erfc)
+VMAP2(v_pow, pow) VMAP2(v_atan2, atan2) VMAP2(v_fmod, fmod) VMAP2(v_fmax, fmax) VMAP2(v_fmin, fmin)
+"""
+
+
+def _combination(weights: Sequence[float], arrays: Sequence[str]) -> str:
+    """``w0*k0[i] + w1*k1[i] + ...`` over the non-zero weights (literal coefficients), or ''."""
+    return " + ".join(f"{float(w)!r} * {a}[i]" for w, a in zip(weights, arrays, strict=False) if w != 0.0)
+
+
+def _rosenbrock_step(method: AbstractMethod) -> list[str]:
+    """One step of the method's tableau for :data:`LANES` patients, unrolled over its 8 stages with
+    the coefficients as literals (the stage equations of :mod:`immunetwin.engines.solvers`): ``y1``,
+    the error estimate ``k8`` and the dense-output rows ``H @ K``."""
+    A, C, cs, ds, H = _rosenbrock_arrays(method.tableau)  # type: ignore[attr-defined]
+    gamma = float(method.tableau.gamma)  # type: ignore[attr-defined]
+    ks = [f"k{s}" for s in range(8)]
+    out = [
+        "static void rosenbrock_step(vd t, const vd *y, const vd *c, vd h, vd *y1, vd *err, vd *dense) {",
+        "    vd jv[NNZ > 0 ? NNZ : 1], dfdt[NN], a[NLU], r[NN], u[NN], f[NN];",
+        "    vd " + ", ".join(f"{k}[NN]" for k in ks) + ";",
+        "    model_jac_v(t, y, c, jv, dfdt);",
+        "    for (int k = 0; k < NLU; k++) a[k] = vsplat(0.0);",
+        "    /* a non-finite entry is dropped (a W-method step, accepted only by its error estimate) */",
+        "    for (int k = 0; k < NNZ; k++) a[JSLOT[k]] = v_where((vl)(jv[k] - jv[k] == 0.0), -jv[k], vsplat(-0.0));",
+        "    for (int i = 0; i < N; i++) dfdt[i] = v_where((vl)(dfdt[i] - dfdt[i] == 0.0), dfdt[i], vsplat(0.0));",
+        f"    const vd inv_hg = 1.0 / (h * {gamma!r});",
+        "    const vd ih = 1.0 / h;",
+        "    for (int i = 0; i < N; i++) a[DSLOT[i]] += inv_hg;",
+        "    lu_factor(a, r);",
+    ]
+    for s in range(8):
+        comb = _combination(A[s][:s], ks[:s])
+        if comb:
+            out.append(f"    for (int i = 0; i < N; i++) u[i] = y[i] + {comb};")
+        out.append(f"    model_rhs_v(t + {float(cs[s])!r} * h, {'u' if comb else 'y'}, c, f);")
+        rhs = "f[i]"
+        if ds[s] != 0.0:
+            rhs += f" + ({float(ds[s])!r} * h) * dfdt[i]"
+        cc = _combination(C[s][:s], ks[:s])
+        if cc:
+            rhs += f" + ({cc}) * ih"
+        out.append(f"    for (int i = 0; i < N; i++) {ks[s]}[i] = {rhs};")
+        out.append(f"    lu_solve(a, r, {ks[s]});")
+    out.append("    for (int i = 0; i < N; i++) {")
+    out.append(f"        y1[i] = y[i] + {_combination(A[8], ks)};")
+    out.append("        err[i] = k7[i];")
+    for row in range(len(H)):
+        out.append(f"        dense[{row} * N + i] = {_combination(H[row], ks) or 'vsplat(0.0)'};")
+    out.append("    }")
+    out.append("}")
+    return out
+
+
+# The adaptive loop of immunetwin.engines.integrate, for LANES patients at a time: a lane whose
+# patient has finished takes the next one at once. The control (outputs, step size, stops) is scalar
+# per lane; the step itself is one vector call for all lanes.
+_LOOP = r"""
+static double initial_step(double t0, const double *y0, const double *c, double span, double rtol, double atol) {
+    /* Hairer, Norsett & Wanner 1993, section II.4, 'starting step size' */
+    if (N == 0) return span;
+    double f0[NN], f1[NN], u[NN];
+    model_rhs(t0, y0, c, f0);
+    double s0 = 0.0, s1 = 0.0;
+    for (int i = 0; i < N; i++) {
+        double sc = atol + rtol * fabs(y0[i]);
+        s0 += (y0[i] / sc) * (y0[i] / sc);
+        s1 += (f0[i] / sc) * (f0[i] / sc);
+    }
+    double d0 = sqrt(s0 / N), d1 = sqrt(s1 / N);
+    double h0 = (d0 < 1e-5 || d1 < 1e-5) ? 1e-6 : 0.01 * d0 / d1;
+    if (h0 > span) h0 = span;
+    for (int i = 0; i < N; i++) u[i] = y0[i] + h0 * f0[i];
+    model_rhs(t0 + h0, u, c, f1);
+    double s2 = 0.0;
+    for (int i = 0; i < N; i++) {
+        double sc = atol + rtol * fabs(y0[i]);
+        double r = (f1[i] - f0[i]) / sc;
+        s2 += r * r;
+    }
+    double d2 = sqrt(s2 / N) / h0;
+    double dm = d1 > d2 ? d1 : d2;
+    double h1 = dm <= 1e-15 ? (h0 * 1e-3 > 1e-6 ? h0 * 1e-3 : 1e-6) : pow(0.01 / dm, 1.0 / (ORDER + 1));
+    double h = 100 * h0 < h1 ? 100 * h0 : h1;
+    if (!(isfinite(h) && h > 0)) return 1e-6;
+    return h < span ? h : span;
+}
+
+typedef struct {
+    int64_t t_count, k_count, ncol;
+    const double *ts, *d, *st, *sdy, *sval;
+    const uint8_t *m, *smask;
+    const int64_t *cols;
+    double rtol, atol;
+    int64_t max_steps;
+    double *out;
+    int64_t *status, *steps;
+} Job;
+
+typedef struct {
+    int64_t pid;  /* -1: no patient */
+    double t, h, t_prev, h_prev, h_try, t_stop;
+    int64_t k, j, steps, status;
+    int clipped;
+    double c0[NCC];
+} Lane;
+
+/* State of all lanes, vector layout: element l of each vector is lane l. */
+typedef struct {
+    vd y[NN], c[NCC], y_prev[NN], y_end[NN], dense[3 * NN];
+} Block;
+
+static void apply_stop(const Job *job, Lane *ln, Block *bk, int l) {
+    const int64_t p = ln->pid, k = ln->k;
+    for (int i = 0; i < N; i++) bk->y[i][l] += job->sdy[(p * job->k_count + k) * N + i];
+    for (int i = 0; i < NC; i++)
+        if (job->smask[(p * job->k_count + k) * NC + i]) bk->c[i][l] = job->sval[(p * job->k_count + k) * NC + i];
+    ln->k = k + 1;
+}
+
+static void start(const Job *job, Lane *ln, Block *bk, int l, int64_t p) {
+    double y[NN], c[NCC];
+    const double t0 = job->ts[0], t_end = job->ts[job->t_count - 1];
+    ln->pid = p;
+    ln->t = t0; ln->k = 0; ln->j = 0; ln->steps = 0; ln->status = 0;
+    model_init(job->d + p * NQ, job->m + p * NQ, t0, y, ln->c0);
+    for (int i = 0; i < N; i++) bk->y[i][l] = y[i];
+    for (int i = 0; i < NC; i++) bk->c[i][l] = ln->c0[i];
+    if (job->k_count > 0 && job->st[p * job->k_count] <= t0) apply_stop(job, ln, bk, l);
+    for (int i = 0; i < N; i++) y[i] = bk->y[i][l];
+    for (int i = 0; i < NC; i++) c[i] = bk->c[i][l];
+    double span = t_end - t0 > 1e-300 ? t_end - t0 : 1e-300;
+    ln->h = initial_step(t0, y, c, span, job->rtol, job->atol);
+    ln->t_prev = t0; ln->h_prev = 1.0;
+    for (int i = 0; i < N; i++) { bk->y_prev[i][l] = y[i]; bk->y_end[i][l] = y[i]; }
+    for (int i = 0; i < 3 * N; i++) bk->dense[i][l] = 0.0;
+}
+
+/* Outputs at or before the lane's t: inside its last step by the dense output, at t the state. */
+static void write_outputs(const Job *job, Lane *ln, const Block *bk, int l) {
+    double value[NN], c[NCC], q[NQ > 0 ? NQ : 1];
+    const int64_t p = ln->pid;
+    while (ln->j < job->t_count && job->ts[ln->j] <= ln->t) {
+        const double t_out = job->ts[ln->j];
+        if (t_out < ln->t) {
+            double theta = (t_out - ln->t_prev) / ln->h_prev;
+            theta = theta < 0.0 ? 0.0 : (theta > 1.0 ? 1.0 : theta);
+            const double th1 = 1.0 - theta;
+            for (int i = 0; i < N; i++)
+                value[i] = th1 * bk->y_prev[i][l] + theta * (bk->y_end[i][l] + th1 * (bk->dense[i][l]
+                           + theta * (bk->dense[N + i][l] + theta * bk->dense[2 * N + i][l])));
+        } else {
+            for (int i = 0; i < N; i++) value[i] = bk->y[i][l];
+        }
+        for (int i = 0; i < NC; i++) c[i] = ln->c0[i];
+        for (int64_t k = 0; k < job->k_count; k++)  /* constants at t: inputs switched at or before t */
+            for (int i = 0; i < NC; i++)
+                if (job->smask[(p * job->k_count + k) * NC + i] && job->st[p * job->k_count + k] <= t_out)
+                    c[i] = job->sval[(p * job->k_count + k) * NC + i];
+        model_observe(t_out, value, c, q);
+        double *row = job->out + (p * job->t_count + ln->j) * job->ncol;
+        for (int64_t jj = 0; jj < job->ncol; jj++) row[jj] = q[job->cols[jj]];
+        ln->j++;
+    }
+}
+
+static int running(const Job *job, const Lane *ln) {
+    return ln->pid >= 0 && ln->j < job->t_count && ln->status == 0;
+}
+
+void itn_solve(int64_t b, int64_t t_count, int64_t k_count, const double *ts, const double *d,
+               const uint8_t *m, const double *st, const double *sdy, const uint8_t *smask,
+               const double *sval, int64_t ncol, const int64_t *cols, double rtol, double atol,
+               int64_t max_steps, double *out, int64_t *status, int64_t *steps) {
+    Job job = {t_count, k_count, ncol, ts, d, st, sdy, sval, m, smask, cols, rtol, atol, max_steps, out, status, steps};
+    Lane lanes[L];
+    Block bk;
+    vd y1[NN], err[NN], dense[3 * NN], tv, hv;
+    memset(&bk, 0, sizeof bk);
+    int64_t next = 0;
+    const double t_end = ts[t_count - 1];
+    for (int l = 0; l < L; l++) lanes[l].pid = -1;
+    for (;;) {
+        int active = 0;
+        for (int l = 0; l < L; l++) {
+            Lane *ln = &lanes[l];
+            for (;;) {
+                if (ln->pid < 0) {
+                    if (next >= b) break;
+                    start(&job, ln, &bk, l, next++);
+                }
+                if (ln->status == 0) write_outputs(&job, ln, &bk, l);
+                if (running(&job, ln)) break;
+                status[ln->pid] = ln->j >= t_count ? 0 : ln->status;
+                steps[ln->pid] = ln->steps;
+                ln->pid = -1;
+            }
+            if (ln->pid < 0) { tv[l] = 0.0; hv[l] = 1.0; continue; }
+            active++;
+            /* one step attempt towards the next stop (schedule time or the end) */
+            const double next_stop = ln->k < k_count ? st[ln->pid * k_count + ln->k] : INFINITY;
+            const double t_stop = next_stop < t_end ? next_stop : t_end;
+            const double remaining = t_stop - ln->t;
+            ln->t_stop = t_stop;
+            ln->clipped = ln->h >= remaining * (1.0 - 1e-12);
+            ln->h_try = ln->clipped ? remaining : ln->h;
+            tv[l] = ln->t;
+            hv[l] = ln->h_try;
+        }
+        if (!active) break;
+        rosenbrock_step(tv, bk.y, bk.c, hv, y1, err, dense);
+        vd total = vsplat(0.0);
+        vl finite_y = VTRUE;
+        for (int i = 0; i < N; i++) {
+            vd a0 = v_fabs(bk.y[i]), a1 = v_fabs(y1[i]);
+            vd s = atol + rtol * v_where((vl)(a0 > a1), a0, a1);
+            vd r = err[i] / s;
+            total += r * r;
+            finite_y &= (vl)(y1[i] - y1[i] == 0.0);
+        }
+        vl accept_mask = VFALSE;
+        for (int l = 0; l < L; l++) {
+            Lane *ln = &lanes[l];
+            if (ln->pid < 0) continue;
+            const double en = N == 0 ? 0.0 : sqrt(total[l] / N);
+            const int finite = isfinite(en) && finite_y[l];
+            const int accept = finite && en <= 1.0;
+            const double h_try = ln->h_try;
+            const double t1 = ln->clipped ? ln->t_stop : ln->t + h_try;
+            const double safe_en = finite ? en : INFINITY;
+            double fac = 0.9 * pow(safe_en, -1.0 / ORDER);
+            fac = fac < 0.2 ? 0.2 : (fac > 6.0 ? 6.0 : fac);
+            if (!accept && fac > 0.9) fac = 0.9;
+            double h_next = h_try * fac;
+            if (accept && ln->clipped && h_next < ln->h) h_next = ln->h;
+            if (!finite) h_next = h_try * 0.25;
+            const double scale_t = fabs(ln->t) > 1.0 ? fabs(ln->t) : 1.0;
+            ln->steps++;
+            if (h_next < 1e-14 * scale_t) ln->status = finite ? 2 : 3;
+            if (ln->status == 0 && ln->steps >= max_steps) ln->status = 1;
+            ln->h = h_next;
+            if (accept) {
+                accept_mask[l] = -1;
+                ln->t_prev = ln->t;
+                ln->h_prev = t1 - ln->t;
+                ln->t = t1;
+            }
+        }
+        for (int i = 0; i < N; i++) {
+            bk.y_prev[i] = v_where(accept_mask, bk.y[i], bk.y_prev[i]);
+            bk.y_end[i] = v_where(accept_mask, y1[i], bk.y_end[i]);
+            bk.y[i] = v_where(accept_mask, y1[i], bk.y[i]);
+        }
+        for (int i = 0; i < 3 * N; i++) bk.dense[i] = v_where(accept_mask, dense[i], bk.dense[i]);
+        for (int l = 0; l < L; l++) {  /* the schedule entry an accepted clipped step landed on */
+            Lane *ln = &lanes[l];
+            if (accept_mask[l] && ln->clipped && ln->k < k_count && st[ln->pid * k_count + ln->k] <= ln->t)
+                apply_stop(&job, ln, &bk, l);
+        }
+    }
+}
+"""
+
+
+@dataclass(frozen=True, eq=False)
+class NativeSolver:
+    """A built native solver: the extension module's ``itn_solve`` and the model's sizes."""
+
+    lib: Any
+    ffi: Any
+    n_quantities: int
+    n_states: int
+    n_constants: int
+    key: str
+
+
+def _cache_dir() -> Path:
+    import jax  # the engine's cache lives beside JAX's persistent compilation cache when that is on
+
+    base = jax.config.jax_compilation_cache_dir
+    if base:
+        return Path(base) / "immunetwin-native"
+    from immunetwin.runtime import default_cache_dir
+
+    return default_cache_dir().parent / "native"
+
+
+def _key(source: str) -> str:
+    import cffi
+
+    cc = os.environ.get("CC", "") or str(sysconfig.get_config_var("CC") or "")
+    parts = [
+        source,
+        repr(CFLAGS + _target_flags()),
+        cc,
+        sys.version,
+        cffi.__version__,
+        sysconfig.get_platform(),
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def _load(name: str, path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _compile(name: str, source: str, target_dir: Path) -> Path:
+    """Build the extension in a private temporary folder and move it into ``target_dir`` atomically
+    (two processes building the same model at once each move a complete file)."""
+    import cffi
+
+    ffi = cffi.FFI()
+    ffi.cdef(_SIGNATURE)
+    ffi.set_source(name, source, extra_compile_args=[*CFLAGS, *_target_flags()], libraries=["m"])
+    with tempfile.TemporaryDirectory(prefix="immunetwin-native-") as tmp:
+        try:
+            built = Path(ffi.compile(tmpdir=tmp, verbose=False))
+        except Exception as exc:  # cffi raises VerificationError, distutils/setuptools their own
+            raise SolverError(
+                "backend='native' could not build the model with this machine's C compiler "
+                f"({type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}); "
+                "install gcc or clang, or use backend='xla'"
+            ) from exc
+        target_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        final = target_dir / built.name
+        staged = target_dir / f".{built.name}.{os.getpid()}.tmp"
+        shutil.copy2(built, staged)
+        os.replace(staged, final)
+    return final
+
+
+@lru_cache(maxsize=32)
+def _build(source: str, nq: int, n: int, nc: int) -> NativeSolver:
+    key = _key(source)
+    name = f"_immunetwin_native_{key}"
+    target = _cache_dir()
+    found = sorted(target.glob(f"{name}.*")) if target.is_dir() else []
+    found = [p for p in found if not p.name.endswith(".tmp")]
+    try:
+        module = _load(name, found[0]) if found else None
+    except ImportError:
+        module = None  # a stale or foreign file: rebuild it
+    if module is None:
+        try:
+            path = _compile(name, source, target)
+        except OSError:  # the cache folder is not writable: build in a folder of this process's
+            path = _compile(name, source, Path(tempfile.mkdtemp(prefix="immunetwin-native-")))
+        module = _load(name, path)
+    return NativeSolver(module.lib, module.ffi, nq, n, nc, key)
+
+
+def build(spec: ModelSpec, method: AbstractMethod) -> NativeSolver:
+    """The native solver of ``spec`` with ``method``, built once per machine (then loaded)."""
+    source = c_source(spec, method)
+    return _build(source, len(spec.quantities), len(spec.states), len(spec.constants))
+
+
+def _threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def run_native(
+    solver: NativeSolver,
+    ts: np.ndarray,
+    d: np.ndarray,
+    m: np.ndarray,
+    stops: tuple[np.ndarray, ...],
+    ctl: Controls,
+    chunk: int,
+    progress: Callable[[int, int], None] | None,
+    columns: tuple[int, ...] | None,
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Solve every patient (rows of ``d``, ``m`` and the stop tables) with ``solver``.
+
+    Returns outputs (B, T, ncol), status (B,) and steps (B,), as the XLA engine's ``_run``. The
+    patients are solved ``chunk`` at a time, each chunk split over ``threads`` threads (default:
+    the cores this process may run on); ``progress(done, total)`` after each chunk.
+    """
+    b, t_count = d.shape[0], ts.shape[0]
+    st, sdy, smask, sval = stops
+    k_count = st.shape[1]
+    cols = (
+        np.arange(solver.n_quantities, dtype=np.int64) if columns is None else np.asarray(columns, np.int64)
+    )
+    arrays = {
+        "ts": np.ascontiguousarray(ts, dtype=np.float64),
+        "d": np.ascontiguousarray(d, dtype=np.float64),
+        "m": np.ascontiguousarray(m, dtype=np.uint8),
+        "st": np.ascontiguousarray(st, dtype=np.float64),
+        "sdy": np.ascontiguousarray(sdy, dtype=np.float64).reshape(b, k_count, solver.n_states),
+        "smask": np.ascontiguousarray(smask, dtype=np.uint8).reshape(b, k_count, solver.n_constants),
+        "sval": np.ascontiguousarray(sval, dtype=np.float64).reshape(b, k_count, solver.n_constants),
+    }
+    out = np.full((b, t_count, cols.size), np.nan)
+    status = np.zeros(b, np.int64)
+    steps = np.zeros(b, np.int64)
+    ffi, lib = solver.ffi, solver.lib
+
+    def ptr(a: np.ndarray, ctype: str) -> Any:
+        return ffi.cast(ctype, ffi.from_buffer(a))
+
+    def solve(lo: int, hi: int) -> None:
+        if hi <= lo:
+            return
+        sl = slice(lo, hi)
+        lib.itn_solve(
+            hi - lo,
+            t_count,
+            k_count,
+            ptr(arrays["ts"], "double *"),
+            ptr(arrays["d"][sl], "double *"),
+            ptr(arrays["m"][sl], "uint8_t *"),
+            ptr(arrays["st"][sl], "double *"),
+            ptr(arrays["sdy"][sl], "double *"),
+            ptr(arrays["smask"][sl], "uint8_t *"),
+            ptr(arrays["sval"][sl], "double *"),
+            cols.size,
+            ptr(cols, "int64_t *"),
+            ctl.rtol,
+            ctl.atol,
+            ctl.max_steps,
+            ffi.cast("double *", ffi.from_buffer(out[sl])),
+            ffi.cast("int64_t *", ffi.from_buffer(status[sl])),
+            ffi.cast("int64_t *", ffi.from_buffer(steps[sl])),
+        )
+
+    workers = max(1, threads or _threads())
+    chunk = max(1, chunk)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for lo in range(0, b, chunk):
+            hi = min(b, lo + chunk)
+            bounds = np.linspace(lo, hi, min(workers, hi - lo) + 1).astype(int)
+            list(pool.map(solve, bounds[:-1], bounds[1:]))
+            if progress is not None:
+                progress(hi, b)
+    return out, status, steps

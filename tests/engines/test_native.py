@@ -1,0 +1,174 @@
+"""The native backend (generated C) against the XLA engine, patient by patient: same method, same
+controller, same stops, so the same steps and outputs within rounding; results independent of chunk,
+thread count and companions; failures reported by status; what it cannot run refused by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import immunetwin as it
+from immunetwin.engines import native
+from immunetwin.engines.solvers import Dopri5, Rodas5, Rodas5P
+from immunetwin.errors import InputError
+from immunetwin.templates.library import list_templates, load_template
+
+TIMES = np.linspace(0.0, 28.0, 57)
+
+# the constructs the C printers handle: piecewise with and without 'otherwise', boolean logic,
+# non-integer and negative integer powers, exp/log/sqrt/sin, time in the rates, and a species in
+# amounts in a compartment that is not 1
+CONSTRUCTS = """
+model constructs
+  compartment cell = 2.5
+  species A in cell = 4
+  substanceOnly species B in cell = 1
+  C = 0.5
+  u = 0
+  on = piecewise(1, (time > 2) && (time < 6) || (A > 100), 0)
+  hill := A^1.7 / (K^1.7 + A^1.7)
+  J1: A -> B; cell * (k1 * hill + k0 * A * (1 + sin(time)) / (1 + A)^2)
+  J2: B -> ; k2 * B * exp(-time / 10) + kf * piecewise(1, time > 7, 0.5) * B / 10
+  C' = r * sqrt(C + 1) * (1 - C) + u + on * 0.01 * log(1 + A)
+  late := piecewise(C, time > 3)
+  K = 2; k1 = 0.8; k0 = 0.1; k2 = 0.3; kf = 0.2; r = 1.5
+end
+"""
+
+
+def _compare(model: it.Model, **kw: object) -> tuple[it.CohortTrajectory, it.CohortTrajectory]:
+    xla = it.simulate_cohort(model, TIMES, backend="xla", **kw)
+    nat = it.simulate_cohort(model, TIMES, backend="native", **kw)
+    return xla, nat
+
+
+def _assert_same(xla: it.CohortTrajectory, nat: it.CohortTrajectory, rtol: float = 1e-7) -> None:
+    np.testing.assert_array_equal(nat.status, xla.status)
+    np.testing.assert_array_equal(nat.steps, xla.steps)  # the same accepted and rejected steps
+    for ident in xla.ids:
+        a, b = np.asarray(xla[ident]), np.asarray(nat[ident])
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+        scale = np.nanmax(np.abs(a)) if np.any(np.isfinite(a)) else 1.0
+        np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol * scale, err_msg=ident)
+
+
+def _varied(model: it.Model, ids: list[str], n: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {p: model.defaults[p] * np.exp(0.25 * rng.standard_normal(n)) for p in ids}
+
+
+@pytest.mark.parametrize("name", [t for t in list_templates()])
+def test_every_template_matches_xla_or_is_refused(name: str) -> None:
+    tpl = load_template(name)
+    model = tpl.model
+    if model.spec.events:
+        with pytest.raises(InputError, match="events"):
+            it.simulate_cohort(model, TIMES, size=2, backend="native")
+        return
+    finite = [p for p in model.parameter_ids if p not in model.state_ids and np.isfinite(model.defaults[p]) and model.defaults[p] > 0]  # fmt: skip
+    xla, nat = _compare(model, parameters=_varied(model, finite[:6], 6, seed=1))
+    assert xla.ok.all()
+    _assert_same(xla, nat)
+
+
+def test_every_printed_construct_matches_xla() -> None:
+    model = it.load_model(CONSTRUCTS)
+    pars = {
+        "k1": np.array([0.8, 1.6, 0.2]),
+        "K": np.array([2.0, 0.5, 8.0]),
+        "cell": np.array([2.5, 1.0, 4.0]),
+    }
+    xla, nat = _compare(model, parameters=pars, outputs=list(model.ids))
+    assert xla.ok.all()
+    _assert_same(xla, nat)
+
+
+def test_doses_and_input_switches_are_exact_stops() -> None:
+    tpl = load_template("viral_immune")
+    model = tpl.model
+    state = model.state_ids[3]
+    switch = next(c for c in model.spec.constants if model.defaults[c] > 0)
+    schedules = [
+        it.Schedule.of(
+            [it.Bolus(state, 3.0, 1e3), it.Input(switch, (5.0, 9.5), (0.0, model.defaults[switch]))]
+        ),
+        it.Schedule.of([it.Bolus(state, 0.0, 10.0), it.Bolus(state, 14.25, 5.0)]),
+        it.Schedule(),
+    ]
+    xla, nat = _compare(model, schedule=schedules, outputs=list(model.ids))
+    assert xla.ok.all()
+    _assert_same(xla, nat)
+    # the dose lands between outputs 6 (day 3.0) and 7: the output at day 3 is the state after it
+    assert nat[state][0, 6] > xla[state][2, 6]
+
+
+def test_result_independent_of_chunk_threads_and_companions() -> None:
+    model = load_template("viral_immune").model
+    pars = _varied(
+        model, ["beta", "delta", "p"] if "beta" in model.ids else list(model.parameter_ids[:3]), 11, 7
+    )
+    whole = it.simulate_cohort(model, TIMES, parameters=pars, backend="native", chunk_size=4096)
+    small = it.simulate_cohort(model, TIMES, parameters=pars, backend="native", chunk_size=3)
+    np.testing.assert_array_equal(small["V"] if "V" in model.ids else small[model.state_ids[0]], whole["V"] if "V" in model.ids else whole[model.state_ids[0]])  # fmt: skip
+    solver = native.build(model.spec, Rodas5P())
+    from immunetwin.engines.ode import _declared, _overrides, _prepare_times, _stops
+
+    _, ts, _ = _prepare_times(TIMES, 0.0)
+    d, m = _declared(model, _overrides(model, pars, "parameter", 11), 11)
+    stops = _stops(model, [it.Schedule()] * 11, model.spec.constants)
+    one = native.run_native(solver, ts, d, m, stops, it.Controls(), 4096, None, None, threads=1)
+    three = native.run_native(solver, ts, d, m, stops, it.Controls(), 4, None, None, threads=3)
+    alone = native.run_native(solver, ts, d[5:6], m[5:6], tuple(s[5:6] for s in stops), it.Controls(), 1, None, None, threads=1)  # fmt: skip
+    for a, b in zip(one, three, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(alone[0][0], one[0][5])
+    np.testing.assert_array_equal(alone[2][0], one[2][5])
+
+
+def test_failures_are_statuses_like_xla() -> None:
+    blowup = it.load_model("model blowup\n  x = 1\n  x' = r*x^2\n  r = 1\nend\n")
+    times = np.linspace(0.0, 2.0, 9)
+    pars = {"r": np.array([0.1, 1.0, 2.0])}  # blows up at t = 1/r: after the end, at 1, at 0.5
+    xla = it.simulate_cohort(blowup, times, parameters=pars)
+    nat = it.simulate_cohort(blowup, times, parameters=pars, backend="native")
+    np.testing.assert_array_equal(nat.status, xla.status)
+    assert nat.status[0] == "success" and nat.status[2] != "success"
+    np.testing.assert_array_equal(np.isnan(nat["x"]), np.isnan(xla["x"]))
+    assert np.isnan(nat["x"][2, -1]) and np.isfinite(nat["x"][2, 0])
+    capped = it.simulate_cohort(
+        load_template("viral_immune").model,
+        TIMES,
+        size=2,
+        backend="native",
+        controls=it.Controls(max_steps=40),
+    )
+    assert list(capped.status) == ["max_steps_reached"] * 2
+    assert np.all(capped.steps == 40) and np.isnan(capped[capped.state_ids[0]][:, -1]).all()
+
+
+def test_single_patient_and_rodas5() -> None:
+    model = load_template("viral_immune").model
+    a = it.simulate(model, TIMES, solver=Rodas5())
+    b = it.simulate(model, TIMES, solver=Rodas5(), backend="native")
+    assert a.steps == b.steps and b.ok
+    np.testing.assert_allclose(b.values, a.values, rtol=1e-7, atol=1e-7 * np.nanmax(np.abs(a.values)))
+
+
+def test_refusals_name_the_problem() -> None:
+    model = load_template("viral_immune").model
+    with pytest.raises(InputError, match="Dopri5"):
+        it.simulate_cohort(model, TIMES, size=2, solver=Dopri5(), backend="native")
+    with pytest.raises(InputError, match="unknown backend 'cuda'"):
+        it.simulate(model, TIMES, backend="cuda")
+    floor = it.load_model("model fl\n  x = 1\n  x' = -k * floor(x + 2)\n  k = 0.1\nend\n")
+    with pytest.raises(InputError, match="exact Jacobian of model 'fl'"):
+        it.simulate(floor, TIMES, backend="native")
+    events = it.load_model("model ev\n  x = 1\n  x' = -x\n  at (x < 0.5): x = 1\nend\n")
+    with pytest.raises(InputError, match="events; model 'ev' has 1"):
+        it.simulate(events, TIMES, backend="native")
+
+
+def test_source_is_deterministic_and_cached(tmp_path: object) -> None:
+    spec = load_template("tumor_immune").model.spec
+    assert native.c_source(spec, Rodas5P()) == native.c_source(spec, Rodas5P())
+    assert native.build(spec, Rodas5P()) is native.build(spec, Rodas5P())  # built once per process
