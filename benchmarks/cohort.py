@@ -119,11 +119,12 @@ def simulate(model: Any, params: Params, solver: str, chunk: int) -> Any:
     """immunetwin ``simulate_cohort`` with the benchmark's times and tolerances."""
     import immunetwin as it
 
+    solver, _, backend = solver.partition("@")  # "Rodas5P@native": the native backend
     ctl, method = it.Controls(rtol=RTOL, atol=ATOL), getattr(it, solver)()
     # the states, as libroadrunner's time-course selections (not every assignment rule and parameter:
     # 58 quantities of viral_immune, 13.5 GB for 10^6 patients, whose transfer dominated the GPU run)
     return it.simulate_cohort(model, TIMES, parameters=params, solver=method, controls=ctl, chunk_size=chunk,
-                              outputs=list(model.state_ids))  # fmt: skip
+                              outputs=list(model.state_ids), backend=backend or "xla")  # fmt: skip
 
 
 def engine(model: Any, params: Params, solver: str, chunk: int, repeats: int = 1) -> tuple[float, Any]:
@@ -278,6 +279,8 @@ def first_call_child(name: str, solver: str, chunk: int, seed: int, cache: str, 
     from immunetwin.templates import load_template
 
     t_import = time.perf_counter() - t
+    if not cache and solver.endswith("@native"):  # cold: build the module in an empty folder
+        cache = tempfile.mkdtemp(prefix="immunetwin-native-cold-")
     if cache:
         enable_compilation_cache(Path(cache))
     t = time.perf_counter()
@@ -442,7 +445,9 @@ def bench_model(name: str, a: argparse.Namespace, res: dict[str, Any], cache: Pa
 
     log(f"[bold]{name}[/]: {base['states']} states; varied {', '.join(params)}; {n:,} patients")
     ours, sweep, chunk = None, "", None if a.chunk == "auto" else min(int(a.chunk), n)
-    for solver in ("Rodas5P", "Dopri5") if name == res["nonstiff"] else ("Rodas5P",):
+    native_first = None
+    solvers = ["Rodas5P", "Dopri5"] if name == res["nonstiff"] else ["Rodas5P"]
+    for solver in solvers + (["Rodas5P@native"] if a.native and not res["gpu"] else []):
         if chunk is None:  # sweep once per model, with the default solver
             cands = [c for c in ((25_000, 100_000, 250_000) if res["gpu"] else (250, 1000, 2500)) if c <= n]
             chunk, sweep = best_chunk(model, params, solver, cands or [n])
@@ -452,7 +457,7 @@ def bench_model(name: str, a: argparse.Namespace, res: dict[str, Any], cache: Pa
             child([*args, str(cache)], 1800, 1800)
             warm, note2 = best_child([*args, str(cache)], a.repeats)
             if "second_s" in cold and "second_s" in warm:
-                res["first_calls"].append({**base, "solver": solver, "chunk": chunk, **cold,
+                res["first_calls"].append({**base, "solver": solver.replace("@native", " native (C)"), "chunk": chunk, **cold,
                                            "compile_s": cold["first_s"] - cold["second_s"],
                                            "cached_first_s": warm["first_s"],
                                            "cached_overhead_s": warm["first_s"] - warm["second_s"]})  # fmt: skip
@@ -462,8 +467,11 @@ def bench_model(name: str, a: argparse.Namespace, res: dict[str, Any], cache: Pa
         wall, coh = engine(model, params, solver, chunk, a.repeats)
         note = f"chunk {chunk:,}; {int(coh.ok.sum()):,}/{n:,} ok; mean {coh.steps.mean():.0f} steps"
         note, sweep = note + (f"; {sweep}" if sweep else ""), ""
-        add(f"immunetwin {solver}" + (" (default)" if solver == "Rodas5P" else ""), n, wall, note)
+        tool = solver.replace("@native", " native (C)") + (" (default)" if solver == "Rodas5P" else "")
+        add(f"immunetwin {tool}", n, wall, note)
         ours = coh[obs][:20].copy() if ours is None else ours  # not a view: frees the cohort
+        if solver.endswith("@native"):
+            native_first = coh[obs][:20].copy()
     if a.roadrunner:
         wall20, ref, _ = roadrunner_loop(tpl, params, min(20, n))
         n_rr = n if wall20 / min(20, n) * n <= a.roadrunner_limit else min(n, 1000)
@@ -472,6 +480,9 @@ def bench_model(name: str, a: argparse.Namespace, res: dict[str, Any], cache: Pa
         ref_obs = np.array([r[:, model.state_ids.index(obs)] for r in ref])
         res["agreement"].append(f"{name} {obs}, immunetwin Rodas5P vs libroadrunner, first {len(ref)} patients: "
                                 f"max rel diff {rel_diff(ours[: len(ref)], ref_obs):.1e}")  # fmt: skip
+        if native_first is not None:
+            res["agreement"].append(f"{name} {obs}, immunetwin native (C) vs libroadrunner, first {len(ref)} "
+                                    f"patients: max rel diff {rel_diff(native_first[: len(ref)], ref_obs):.1e}")  # fmt: skip
         res["agreement"].append(f"{name} initial states with the varied parameters (and T0) x1.5, vs "
                                 f"libroadrunner: max rel diff {initial_check(tpl):.1e}")  # fmt: skip
     if a.scipy:
@@ -501,6 +512,12 @@ def main(argv: list[str] | None = None) -> None:
     add("--seed", type=int, default=20240101)
     add("--chunk", help="engine chunk size or 'auto' (a sweep); default 1000 per CPU device, auto on GPU")
     add("--nonstiff", choices=CANDIDATES, help="skip the measured choice of the non-stiff model")
+    add(
+        "--native",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the native (generated C) backend on a CPU",
+    )
     for flag in ("roadrunner", "scipy", "diffrax", "first-call"):
         add(f"--{flag}", action=argparse.BooleanOptionalAction, default=True)
     add("--scipy-patients", type=int, help="scipy subset (default 300; --quick 50)")

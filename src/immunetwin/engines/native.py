@@ -782,8 +782,10 @@ def _build(source: str, nq: int, n: int, nc: int) -> NativeSolver:
     return NativeSolver(module.lib, module.ffi, nq, n, nc, key)
 
 
+@lru_cache(maxsize=32)
 def build(spec: ModelSpec, method: AbstractMethod) -> NativeSolver:
-    """The native solver of ``spec`` with ``method``, built once per machine (then loaded)."""
+    """The native solver of ``spec`` with ``method``, built once per machine (then loaded), generated
+    once per process."""
     source = c_source(spec, method)
     return _build(source, len(spec.quantities), len(spec.states), len(spec.constants))
 
