@@ -7,7 +7,8 @@ course at 90 % efficacy from day 3 (the template's ``antiviral`` intervention: `
 Patients are drawn from the template priors of the estimated parameters (no plausibility constraints,
 so every drawn patient is simulated once per arm: the figure is simulation throughput, not acceptance).
 
-* immunetwin ``run_trial``, timed from the trial definition to the endpoint tables (population draw,
+* immunetwin ``run_trial`` with each engine (``--backends``: the XLA engine and the native backend,
+  the model's solver generated as C), timed from the trial definition to the endpoint tables (population draw,
   chunked simulation, outcomes, intervals), after a warm-up trial that compiles the programs:
   in process (JAX sees one CPU device per core, a chunk split over them), and on Dask ``LocalCluster``
   s of 1 and 2 worker processes (each with the cores shared out, persistent compilation cache; the
@@ -50,12 +51,13 @@ ARMS = {
 TARGET_PER_CORE, TARGET_GPU_ARM_S = 20.0, 10.0
 
 
-def spec(n: int, chunk: int, seed: int) -> Any:
+def spec(n: int, chunk: int, seed: int, backend: str = "xla") -> Any:
     from immunetwin.cohorts import parse_trial
 
     return parse_trial({"name": "benchmark", "template": TEMPLATE, "seed": seed, "horizon": DAYS, "step": STEP,
                         "arms": ARMS, "control": "none", "endpoints": ["peak_damage", "severe", "time_to_clearance"],
-                        "sample_size": n, "execution": {"chunk_size": chunk}}, where="benchmark")  # fmt: skip
+                        "sample_size": n, "execution": {"chunk_size": chunk}, "solver": {"backend": backend}},
+                       where="benchmark")  # fmt: skip
 
 
 def executor(workers: int, cache: str | None) -> Any:
@@ -64,18 +66,20 @@ def executor(workers: int, cache: str | None) -> Any:
     return InProcess() if workers == 0 else DaskCluster(workers=workers, cache_dir=cache)
 
 
-def run_immunetwin(n: int, chunk: int, workers: int, seed: int, cache: str | None) -> dict[str, Any]:
+def run_immunetwin(n: int, chunk: int, workers: int, seed: int, cache: str | None, backend: str = "xla") -> dict[str, Any]:  # fmt: skip
     from immunetwin.cohorts import run_trial
 
     t = time.perf_counter()
-    run_trial(spec(min(n, chunk), chunk, seed + 1), executor=executor(workers, cache))  # warm-up: compiles
+    run_trial(
+        spec(min(n, chunk), chunk, seed + 1, backend), executor=executor(workers, cache)
+    )  # warm-up: compiles
     warm = time.perf_counter() - t
     t = time.perf_counter()
-    res = run_trial(spec(n, chunk, seed), executor=executor(workers, cache))
+    res = run_trial(spec(n, chunk, seed, backend), executor=executor(workers, cache))
     wall = time.perf_counter() - t
     ok = int(res.patients.ok.sum())
     c = res.contrast("antiviral", "peak_damage")
-    return {"workers": workers, "patients": n, "wall_s": wall, "warmup_s": warm, "ok_sims": ok, "sims": 2 * n,
+    return {"workers": workers, "backend": backend, "patients": n, "wall_s": wall, "warmup_s": warm, "ok_sims": ok, "sims": 2 * n,
             "patients_per_s": n / wall, "peak_damage_diff": [c.estimate, c.lower, c.upper],
             "params": {k: v[:2000].tolist() for k, v in res.population.parameters.items()}}  # fmt: skip
 
@@ -184,7 +188,7 @@ def markdown(res: dict[str, Any]) -> str:
         ratio = f"{r['patients_per_s'] / cores / rr['patients_per_s']:.1f}x" if rr else "-"
         d = r["peak_damage_diff"]
         vs_dx = f"{r['patients_per_s'] / dx_rate:.1f}x" if dx_rate else "-"
-        lines.append(f"| immunetwin run_trial | {name} | {r['patients']:,} | {r['wall_s']:.1f} | "
+        lines.append(f"| immunetwin run_trial ({r.get('backend', 'xla')}) | {name} | {r['patients']:,} | {r['wall_s']:.1f} | "
                      f"{r['patients_per_s']:,.0f} | {ratio} | {vs_dx} | {r['ok_sims']:,}/{r['sims']:,} sims ok; warm-up "
                      f"{r['warmup_s']:.1f} s; peak damage diff {d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}] |")  # fmt: skip
     if rr:
@@ -204,7 +208,7 @@ def markdown(res: dict[str, Any]) -> str:
         if rr:
             per_core = r["patients_per_s"] / cores / rr["patients_per_s"]
             ok = "MET" if per_core >= TARGET_PER_CORE else "NOT MET"
-            lines.append(f"- {r['workers'] or 'in-process'} worker(s): >= {TARGET_PER_CORE:g}x libroadrunner per "
+            lines.append(f"- {r.get('backend', 'xla')}, {r['workers'] or 'in-process'} worker(s): >= {TARGET_PER_CORE:g}x libroadrunner per "
                          f"core: {per_core:.1f}x -> **{ok}**")  # fmt: skip
         if m["platform"] == "gpu":
             arm_s = r["wall_s"] / 2 * 1_000_000 / r["patients"]
@@ -219,6 +223,7 @@ def main() -> None:
     p.add_argument("--patients", type=int, default=100_000)
     p.add_argument("--workers", default="0,1,2", help="comma list; 0 = in process (no Dask)")
     p.add_argument("--chunk", type=int, default=2048)
+    p.add_argument("--backends", default="xla,native", help="comma list of engines (xla, native)")
     p.add_argument("--rr-patients", type=int, default=1000)
     p.add_argument("--no-roadrunner", action="store_true")
     p.add_argument("--diffrax-patients", type=int, default=0)
@@ -248,10 +253,11 @@ def main() -> None:
         enable_compilation_cache(Path(cache))
         res: dict[str, Any] = {"machine": machine(), "command": "python benchmarks/trial.py " + " ".join(sys.argv[1:]),
                                "immunetwin": []}  # fmt: skip
-        for w in (int(x) for x in a.workers.split(",") if x.strip()):
-            r = run_immunetwin(a.patients, a.chunk, w, a.seed, cache)
+        workers = [int(x) for x in a.workers.split(",") if x.strip()]
+        for backend, w in itertools.product([b.strip() for b in a.backends.split(",") if b.strip()], workers):
+            r = run_immunetwin(a.patients, a.chunk, w, a.seed, cache, backend)
             print(
-                f"immunetwin workers={w}: {r['wall_s']:.1f} s, {r['patients_per_s']:,.0f} patients/s",
+                f"immunetwin {backend} workers={w}: {r['wall_s']:.1f} s, {r['patients_per_s']:,.0f} patients/s",
                 flush=True,
             )
             res["immunetwin"].append(r)

@@ -45,6 +45,20 @@ def test_help_explains_the_tool(monkeypatch, capsys):
     assert "simulate" in out and "templates" in out and "digital twins" in out
 
 
+def test_simulate_with_the_native_backend(monkeypatch, capsys, model_file, tmp_path):
+    csv = tmp_path / "native.csv"
+    code, _, err = run(
+        monkeypatch, capsys, "simulate", str(model_file), "--days", "10", "--points", "11", "--set", "r=2",
+        "--backend", "native", "--out", str(csv),
+    )  # fmt: skip
+    assert code == 0, err
+    frame = pd.read_csv(csv)
+    assert frame["X"].iloc[2] == pytest.approx(10 / (1 + 9 * 2.718281828459045**-4), rel=1e-5)
+    code, _, err = run(monkeypatch, capsys, "simulate", str(model_file), "--backend", "cuda")
+    assert code != 0 and "unknown backend 'cuda'; choose one of xla, native" in err
+    assert "Traceback" not in err
+
+
 def test_simulate_writes_csv_and_html(monkeypatch, capsys, model_file, tmp_path):
     csv, html = tmp_path / "traj.csv", tmp_path / "traj.html"
     code, _, err = run(

@@ -23,7 +23,7 @@ from immunetwin.cohorts import (
     sample_population,
     write_trial,
 )
-from immunetwin.errors import InputError
+from immunetwin.errors import InputError, UnknownIdError
 from immunetwin.templates import Template
 
 TRIAL = {
@@ -58,6 +58,7 @@ def _spec(**changes: object) -> object:
         ({"allocation": [1, 2]}, r"allocation: needs one ratio per arm"),
         ({"execution": {"scheduler": 8786}}, r"execution.scheduler: must be a scheduler address"),
         ({"execution": {"overlap": 0}}, r"execution.overlap: must be a positive whole number, got 0"),
+        ({"solver": {"backend": "cuda"}}, r"t.yaml: solver.backend: must be one of xla, native, got 'cuda'"),
     ],
 )
 def test_bad_trial_definitions_name_the_key(change: dict, message: str) -> None:
@@ -112,6 +113,29 @@ def test_results_do_not_depend_on_chunks_or_workers(tiv: Template) -> None:
         for k in ref.outcomes:
             assert np.array_equal(ref.outcomes[k], other.outcomes[k], equal_nan=True), k
         assert np.array_equal(ref.steps, other.steps)
+
+
+def test_native_backend_results_do_not_depend_on_chunks_or_workers(tiv: Template) -> None:
+    pop = sample_population(tiv, 30, key=2)
+    work = Work("viral_tiv", ("none", "antiviral(start=2)"), horizon=12.0, step=0.1, backend="native")
+    runs = [
+        run_chunks(work, pop.parameters, chunk_size=30, executor=InProcess()),
+        run_chunks(work, pop.parameters, chunk_size=7, executor=InProcess(overlap=3)),
+        run_chunks(work, pop.parameters, chunk_size=4, executor=DaskCluster(workers=2, cpu_devices=1)),
+    ]
+    ref = runs[0]
+    assert ref.ok.all()
+    for other in runs[1:]:
+        for k in ref.outcomes:
+            assert np.array_equal(ref.outcomes[k], other.outcomes[k], equal_nan=True), k
+        assert np.array_equal(ref.steps, other.steps)
+    xla = run_chunks(dataclasses.replace(work, backend="xla"), pop.parameters, chunk_size=30)
+    # the same method and controller: the same steps but where rounding tips an accept/reject decision
+    assert np.mean(xla.steps == ref.steps) > 0.8 and np.abs(xla.steps - ref.steps).max() <= 10
+    for k in ref.outcomes:  # answers within the solver tolerance (rtol 1e-6)
+        np.testing.assert_allclose(ref.outcomes[k], xla.outcomes[k], rtol=1e-5, err_msg=k)
+    with pytest.raises(UnknownIdError, match="backend"):
+        Work("viral_tiv", ("none",), backend="gpu")
 
 
 def test_in_process_overlap_must_be_positive() -> None:
