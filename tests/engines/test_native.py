@@ -146,6 +146,14 @@ def test_failures_are_statuses_like_xla() -> None:
     assert np.all(capped.steps == 40) and np.isnan(capped[capped.state_ids[0]][:, -1]).all()
 
 
+def test_a_model_without_states() -> None:
+    model = it.load_model("model z\n  k = 2\n  y := k * time\nend\n")
+    times = np.linspace(0.0, 3.0, 4)
+    nat = it.simulate_cohort(model, times, parameters={"k": np.array([2.0, 3.0])}, backend="native")
+    assert list(nat.status) == ["success"] * 2
+    np.testing.assert_array_equal(nat["y"], [2.0 * times, 3.0 * times])
+
+
 def test_single_patient_and_rodas5() -> None:
     model = load_template("viral_immune").model
     a = it.simulate(model, TIMES, solver=Rodas5())
