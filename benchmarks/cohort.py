@@ -581,8 +581,8 @@ def main(argv: list[str] | None = None) -> None:
                    f"first {N_VARIED} estimated parameters (seed {a.seed}); rtol {RTOL:g}, atol {ATOL:g} for every "
                    "tool; immunetwin timed on warm (compiled) code"
                    + ("." if gpu or jax.device_count() == 1 else
-                      f", each chunk split over {jax.device_count()} CPU devices (one loop per core); the peers run "
-                      "on one core.")
+                      f", each chunk split over {jax.device_count()} CPU devices (one loop per core; the native "
+                      "backend: one thread per core); the peers run on one core.")
                    + f" Wall times of immunetwin, libroadrunner's loop and each first-call process: the best of "
                      f"{a.repeats} runs (scipy and diffrax: one run)."),
         "rows": [], "first_calls": [], "agreement": [], "diffrax_compile_s": {}, "targets": [],

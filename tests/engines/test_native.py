@@ -176,6 +176,19 @@ def test_refusals_name_the_problem() -> None:
         it.simulate(events, TIMES, backend="native")
 
 
+def test_a_missing_compiler_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from immunetwin.errors import SolverError
+
+    monkeypatch.setenv("CC", "/nonexistent/cc")  # part of the module's key: nothing cached is found
+    native.build.cache_clear()
+    native._build.cache_clear()
+    model = it.load_model("model nocc\n  x = 1\n  x' = -k * x\n  k = 0.3\nend\n")
+    with pytest.raises(SolverError, match="could not build the model with this machine's C compiler"):
+        it.simulate(model, TIMES, backend="native")
+    native.build.cache_clear()
+    native._build.cache_clear()
+
+
 def test_source_is_deterministic_and_cached(tmp_path: object) -> None:
     spec = load_template("tumor_immune").model.spec
     assert native.c_source(spec, Rodas5P()) == native.c_source(spec, Rodas5P())

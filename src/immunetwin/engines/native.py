@@ -773,8 +773,8 @@ def _build(source: str, nq: int, n: int, nc: int) -> NativeSolver:
     found = [p for p in found if not p.name.endswith(".tmp")]
     try:
         module = _load(name, found[0]) if found else None
-    except ImportError:
-        module = None  # a stale or foreign file: rebuild it
+    except (ImportError, OSError):
+        module = None  # a stale, truncated or foreign file: rebuild it
     if module is None:
         try:
             path = _compile(name, source, target)
