@@ -100,24 +100,34 @@ void itn_solve(int64_t b, int64_t t_count, int64_t k_count, const double *ts, co
 
 class _CPrinter(C99CodePrinter):
     """C99 printer with the SBML semantics of the JAX printer: a Piecewise without an 'otherwise'
-    is NaN there, ``rem`` takes the dividend's sign (``fmod``)."""
+    is NaN there, ``rem`` takes the dividend's sign (``fmod``). The vector printer below changes only
+    the hooks: ``_arg`` (an operand), ``_select`` (a conditional), the prefix of its own functions and
+    the spelling of true, false and NaN."""
+
+    PREFIX, TRUE, FALSE, NAN = "", "1", "0", "NAN"
+
+    def _arg(self, expr: sp.Basic) -> str:
+        return self._print(expr)
+
+    def _select(self, cond: str, a: str, b: str) -> str:
+        return f"(({cond}) ? ({a}) : ({b}))"
 
     def _print_Piecewise(self, expr: sp.Piecewise) -> str:
-        out = "NAN"
+        out = self.NAN
         for value, cond in reversed(expr.args):
-            v = self._print(value)
-            out = v if cond == sp.true else f"(({self._print(cond)}) ? ({v}) : ({out}))"
+            v = self._arg(value)
+            out = v if cond == sp.true else self._select(self._print(cond), v, out)
         return out
 
     def _print_Mod(self, expr: sp.Expr) -> str:
-        a, b = (self._print(x) for x in expr.args)
-        return f"fmod({a}, {b})"
+        a, b = (self._arg(x) for x in expr.args)
+        return f"{self.PREFIX}fmod({a}, {b})"
 
     def _print_BooleanTrue(self, expr: sp.Basic) -> str:
-        return "1"
+        return self.TRUE
 
     def _print_BooleanFalse(self, expr: sp.Basic) -> str:
-        return "0"
+        return self.FALSE
 
     def _print_Infinity(self, expr: sp.Basic) -> str:
         return "INFINITY"
@@ -164,9 +174,14 @@ class _VectorPrinter(_CPrinter):
     as written (a number operand is broadcast), functions map element by element (``v_exp``),
     conditions are lane masks (``&``, ``|``, ``~``), Piecewise is ``v_where``."""
 
+    PREFIX, TRUE, FALSE, NAN = "v_", "VTRUE", "VFALSE", "vsplat(NAN)"
+
     def _arg(self, expr: sp.Basic) -> str:
         text = self._print(expr)
         return f"vsplat({text})" if expr.is_number else text
+
+    def _select(self, cond: str, a: str, b: str) -> str:
+        return f"v_where({cond}, {a}, {b})"
 
     def _print_Function(self, expr: sp.Basic) -> str:
         name = _VECTOR_FUNCTIONS.get(type(expr).__name__)
@@ -184,25 +199,20 @@ class _VectorPrinter(_CPrinter):
             return f"v_sqrt({b})"
         return f"v_pow({b}, {self._arg(e)})"
 
-    def _print_Max(self, expr: sp.Basic) -> str:
-        out = self._arg(expr.args[0])
-        for a in expr.args[1:]:
-            out = f"v_fmax({out}, {self._arg(a)})"
+    def _fold(self, fn: str, args: tuple[sp.Basic, ...]) -> str:
+        out = self._arg(args[0])
+        for a in args[1:]:
+            out = f"{fn}({out}, {self._arg(a)})"
         return out
+
+    def _print_Max(self, expr: sp.Basic) -> str:
+        return self._fold("v_fmax", expr.args)
 
     def _print_Min(self, expr: sp.Basic) -> str:
-        out = self._arg(expr.args[0])
-        for a in expr.args[1:]:
-            out = f"v_fmin({out}, {self._arg(a)})"
-        return out
-
-    def _print_Mod(self, expr: sp.Expr) -> str:
-        a, b = (self._arg(x) for x in expr.args)
-        return f"v_fmod({a}, {b})"
+        return self._fold("v_fmin", expr.args)
 
     def _print_Relational(self, expr: sp.Basic) -> str:
-        op = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}[expr.rel_op]
-        return f"((vl)({self._arg(expr.lhs)} {op} {self._arg(expr.rhs)}))"
+        return f"((vl)({self._arg(expr.lhs)} {expr.rel_op} {self._arg(expr.rhs)}))"
 
     def _print_And(self, expr: sp.Basic) -> str:
         return "(" + " & ".join(self._print(a) for a in expr.args) + ")"
@@ -215,19 +225,6 @@ class _VectorPrinter(_CPrinter):
 
     def _print_Xor(self, expr: sp.Basic) -> str:
         return "(" + " ^ ".join(self._print(a) for a in expr.args) + ")"
-
-    def _print_BooleanTrue(self, expr: sp.Basic) -> str:
-        return "VTRUE"
-
-    def _print_BooleanFalse(self, expr: sp.Basic) -> str:
-        return "VFALSE"
-
-    def _print_Piecewise(self, expr: sp.Piecewise) -> str:
-        out = "vsplat(NAN)"
-        for value, cond in reversed(expr.args):
-            v = self._arg(value)
-            out = v if cond == sp.true else f"v_where({self._print(cond)}, {v}, {out})"
-        return out
 
 
 for _name in (
