@@ -18,11 +18,14 @@ def _run(*args: str, cwd=None) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def test_fit_map_of_a_template_to_one_persons_viral_loads(tmp_path):
+@pytest.mark.parametrize("backend", ["xla", "native"])
+def test_fit_map_of_a_template_to_one_persons_viral_loads(tmp_path, backend):
     data = tmp_path / "ke01.csv"
     viral_load_table(ke2022_nasal(), "ke01").to_csv(data, index=False)
     out = tmp_path / "fit"
-    res = _run("fit", "viral_tiv", "--data", str(data), "--starts", "3", "--out", str(out))
+    res = _run(
+        "fit", "viral_tiv", "--data", str(data), "--starts", "3", "--out", str(out), "--backend", backend
+    )
     assert res.returncode == 0, res.stderr
     result = json.loads((out / "map.json").read_text())
     assert set(result["map"]) == {"beta", "delta", "p", "c", "V0"}
@@ -57,6 +60,7 @@ def test_fit_nuts_with_the_laplace_metric_and_parallel_chains_writes_its_posteri
         (("fit", "viral_tiv", "--data", "x.csv", "--method", "mcmc"), "--method 'mcmc'"),
         (("fit", "viral_tiv", "--data", "x.csv", "--method", "nuts", "--metric", "unit"), "--metric 'unit'"),
         (("fit", "viral_tiv", "--data", "x.csv", "--chain-method", "pmap"), "--chain-method 'pmap'"),
+        (("fit", "viral_tiv", "--data", "x.csv", "--backend", "gpu"), "--backend 'gpu'"),
     ],
 )
 def test_fit_refusals_are_one_line(args, message, tmp_path):

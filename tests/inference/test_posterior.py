@@ -237,13 +237,8 @@ def test_laplace_metric_is_the_inverse_hessian_of_the_potential(objective, exact
     np.testing.assert_allclose(np.cov(starts.T), cov, rtol=0.15)
 
 
-def test_nuts_with_the_laplace_metric_matches_the_analytic_posterior(objective, exact) -> None:
-    mean, cov = exact
-    fit = sample_posterior(
-        objective, key=jax.random.PRNGKey(5), chains=4, draws=500, warmup=100, init=mean,
-        metric="laplace", dense_mass=True,
-    )  # fmt: skip
-    assert fit.converged and fit.divergences == 0, fit.warnings
+def _assert_matches(fit, mean: np.ndarray, cov: np.ndarray) -> None:
+    """Posterior mean and sd within 4 Monte Carlo standard errors of the analytic ones."""
     theta = fit.idata.posterior["theta"]
     mcse_mean = az.mcse(fit.idata, var_names=["theta"], method="mean")["theta"].values
     mcse_sd = az.mcse(fit.idata, var_names=["theta"], method="sd")["theta"].values
@@ -253,6 +248,16 @@ def test_nuts_with_the_laplace_metric_matches_the_analytic_posterior(objective, 
     )
 
 
+def test_nuts_with_the_laplace_metric_matches_the_analytic_posterior(objective, exact) -> None:
+    mean, cov = exact
+    fit = sample_posterior(
+        objective, key=jax.random.PRNGKey(5), chains=4, draws=500, warmup=100, init=mean,
+        metric="laplace", dense_mass=True,
+    )  # fmt: skip
+    assert fit.converged and fit.divergences == 0, fit.warnings
+    _assert_matches(fit, mean, cov)
+
+
 def test_laplace_metric_needs_one_point_and_a_known_metric(objective, exact) -> None:
     with pytest.raises(InputError, match="needs init to be one point"):
         sample_posterior(
@@ -260,3 +265,28 @@ def test_laplace_metric_needs_one_point_and_a_known_metric(objective, exact) -> 
         )
     with pytest.raises(InputError, match="metric must be 'adapt' or 'laplace', got 'unit'"):
         sample_posterior(objective, key=jax.random.PRNGKey(0), metric="unit")  # type: ignore[arg-type]
+
+
+# -- the native backend: the same posterior from the generated C and its sensitivity equations -------
+
+
+@pytest.fixture(scope="module")
+def native_objective(problem: Problem):
+    return compile_objective(problem, backend="native")
+
+
+def test_native_laplace_matches_the_analytic_posterior(native_objective, exact) -> None:
+    # the Hessian by central differences of sensitivity gradients
+    mean, cov = exact
+    fit = laplace(native_objective, mean, key=jax.random.PRNGKey(1), draws=10)
+    assert fit.warnings == ()
+    np.testing.assert_allclose(fit.covariance, cov, rtol=1e-5)
+
+
+def test_native_nuts_matches_the_analytic_posterior(native_objective, exact) -> None:
+    mean, cov = exact
+    fit = sample_posterior(
+        native_objective, key=jax.random.PRNGKey(0), chains=4, draws=500, warmup=500, dense_mass=True
+    )
+    _assert_matches(fit, mean, cov)
+    assert fit.converged and fit.divergences == 0

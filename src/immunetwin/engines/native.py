@@ -34,9 +34,14 @@ threads, the extension releasing the GIL. A patient's result depends only on its
 the chunk, the thread count, its lane or its companions (element-wise IEEE arithmetic, no FMA
 contraction, no ``-ffast-math``).
 
+Gradients: the model's forward sensitivity equations, written as a bigger model by
+:mod:`immunetwin.engines.sensitivity` and built like any other (:func:`build_sensitivities`,
+:func:`solve_sensitivities`); calibration objectives call both from JAX
+(:mod:`immunetwin.engines.native_jax`). Start values can be given directly (``start=``) and output
+times per patient.
+
 What it does not do, and refuses by name: models with events, models whose exact Jacobian sympy cannot
-write (``floor``, ``max``...), explicit methods (``Dopri5``), and derivatives through the solve
-(calibration uses the XLA engine). CPU only.
+write (``floor``, ``max``...) and explicit methods (``Dopri5``). CPU only.
 """
 
 from __future__ import annotations
@@ -63,11 +68,21 @@ from sympy.printing.c import C99CodePrinter
 
 from immunetwin.engines.codegen import _Names, jacobian_terms
 from immunetwin.engines.integrate import Controls
+from immunetwin.engines.sensitivity import SensitivitySpec, sensitivity_spec
 from immunetwin.engines.solvers import AbstractMethod, _Rosenbrock, _rosenbrock_arrays
 from immunetwin.errors import InputError, SolverError
 from immunetwin.spec.model import ModelSpec
 
-__all__ = ["NativeSolver", "build", "c_source", "check_supported", "run_native"]
+__all__ = [
+    "NativeSolver",
+    "build",
+    "build_sensitivities",
+    "c_source",
+    "check_supported",
+    "run_native",
+    "solve_sensitivities",
+    "solve_values",
+]
 
 #: Flags the generated C is compiled with. No ``-ffast-math`` (NaN checks and IEEE rounding are part
 #: of the solver's semantics) and no ``-march=native`` (a cached module must run on any machine of the
@@ -91,8 +106,9 @@ def _target_flags() -> tuple[str, ...]:
 
 
 _SIGNATURE = """
-void itn_solve(int64_t b, int64_t t_count, int64_t k_count, const double *ts, const double *d,
-               const uint8_t *m, const double *st, const double *sdy, const uint8_t *smask,
+void itn_solve(int64_t b, int64_t t_count, int64_t ts_stride, int64_t k_count, const double *ts,
+               const double *d, const uint8_t *m, const double *y0, const double *c0,
+               const double *st, const double *sdy, const uint8_t *smask,
                const double *sval, int64_t ncol, const int64_t *cols, double rtol, double atol,
                int64_t max_steps, double *out, int64_t *status, int64_t *steps);
 """
@@ -514,8 +530,8 @@ static double initial_step(double t0, const double *y0, const double *c, double 
 }
 
 typedef struct {
-    int64_t t_count, k_count, ncol;
-    const double *ts, *d, *st, *sdy, *sval;
+    int64_t t_count, ts_stride, k_count, ncol;
+    const double *ts, *d, *y0, *c0, *st, *sdy, *sval;
     const uint8_t *m, *smask;
     const int64_t *cols;
     double rtol, atol;
@@ -545,12 +561,21 @@ static void apply_stop(const Job *job, Lane *ln, Block *bk, int l) {
     ln->k = k + 1;
 }
 
+/* The patient's output times (one row for all when ts_stride is 0). */
+static const double *times_of(const Job *job, int64_t p) { return job->ts + p * job->ts_stride; }
+
 static void start(const Job *job, Lane *ln, Block *bk, int l, int64_t p) {
     double y[NN], c[NCC];
-    const double t0 = job->ts[0], t_end = job->ts[job->t_count - 1];
+    const double *ts = times_of(job, p);
+    const double t0 = ts[0], t_end = ts[job->t_count - 1];
     ln->pid = p;
     ln->t = t0; ln->k = 0; ln->j = 0; ln->steps = 0; ln->status = 0;
-    model_init(job->d + p * NQ, job->m + p * NQ, t0, y, ln->c0);
+    if (job->y0) {  /* start values given (y0, c), not computed from declared values */
+        for (int i = 0; i < N; i++) y[i] = job->y0[p * N + i];
+        for (int i = 0; i < NC; i++) ln->c0[i] = job->c0[p * NC + i];
+    } else {
+        model_init(job->d + p * NQ, job->m + p * NQ, t0, y, ln->c0);
+    }
     for (int i = 0; i < N; i++) bk->y[i][l] = y[i];
     for (int i = 0; i < NC; i++) bk->c[i][l] = ln->c0[i];
     if (job->k_count > 0 && job->st[p * job->k_count] <= t0) apply_stop(job, ln, bk, l);
@@ -567,8 +592,9 @@ static void start(const Job *job, Lane *ln, Block *bk, int l, int64_t p) {
 static void write_outputs(const Job *job, Lane *ln, const Block *bk, int l) {
     double value[NN], c[NCC], q[NQ > 0 ? NQ : 1];
     const int64_t p = ln->pid;
-    while (ln->j < job->t_count && job->ts[ln->j] <= ln->t) {
-        const double t_out = job->ts[ln->j];
+    const double *ts = times_of(job, p);
+    while (ln->j < job->t_count && ts[ln->j] <= ln->t) {
+        const double t_out = ts[ln->j];
         if (t_out < ln->t) {
             double theta = (t_out - ln->t_prev) / ln->h_prev;
             theta = theta < 0.0 ? 0.0 : (theta > 1.0 ? 1.0 : theta);
@@ -595,17 +621,18 @@ static int running(const Job *job, const Lane *ln) {
     return ln->pid >= 0 && ln->j < job->t_count && ln->status == 0;
 }
 
-void itn_solve(int64_t b, int64_t t_count, int64_t k_count, const double *ts, const double *d,
-               const uint8_t *m, const double *st, const double *sdy, const uint8_t *smask,
+void itn_solve(int64_t b, int64_t t_count, int64_t ts_stride, int64_t k_count, const double *ts,
+               const double *d, const uint8_t *m, const double *y0, const double *c0,
+               const double *st, const double *sdy, const uint8_t *smask,
                const double *sval, int64_t ncol, const int64_t *cols, double rtol, double atol,
                int64_t max_steps, double *out, int64_t *status, int64_t *steps) {
-    Job job = {t_count, k_count, ncol, ts, d, st, sdy, sval, m, smask, cols, rtol, atol, max_steps, out, status, steps};
+    Job job = {t_count, ts_stride, k_count, ncol, ts, d, y0, c0, st, sdy, sval, m, smask, cols, rtol, atol,
+               max_steps, out, status, steps};
     Lane lanes[L];
     Block bk;
     vd y1[NN], err[NN], dense[3 * NN], tv, hv;
     memset(&bk, 0, sizeof bk);
     int64_t next = 0;
-    const double t_end = ts[t_count - 1];
     for (int l = 0; l < L; l++) lanes[l].pid = -1;
     for (;;) {
         int active = 0;
@@ -625,6 +652,7 @@ void itn_solve(int64_t b, int64_t t_count, int64_t k_count, const double *ts, co
             if (ln->pid < 0) { tv[l] = 0.0; hv[l] = 1.0; continue; }
             active++;
             /* one step attempt towards the next stop (schedule time or the end) */
+            const double t_end = times_of(&job, ln->pid)[t_count - 1];
             const double next_stop = ln->k < k_count ? st[ln->pid * k_count + ln->k] : INFINITY;
             const double t_stop = next_stop < t_end ? next_stop : t_end;
             const double remaining = t_stop - ln->t;
@@ -807,21 +835,37 @@ def run_native(
     progress: Callable[[int, int], None] | None,
     columns: tuple[int, ...] | None,
     threads: int | None = None,
+    *,
+    start: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Solve every patient (rows of ``d``, ``m`` and the stop tables) with ``solver``.
+
+    ``ts`` is one row of output times for all patients (T,) or one per patient (B, T). ``start``:
+    the start values ``(y0 (B, n), c (B, nc))`` themselves, instead of computing them from ``d`` and
+    ``m`` (which are then not read).
 
     Returns outputs (B, T, ncol), status (B,) and steps (B,), as the XLA engine's ``_run``. The
     patients are solved ``chunk`` at a time, each chunk split over ``threads`` threads (default:
     the cores this process may run on); ``progress(done, total)`` after each chunk.
     """
-    b, t_count = d.shape[0], ts.shape[0]
+    b, t_count = d.shape[0], ts.shape[-1]
+    per_patient = ts.ndim == 2
     st, sdy, smask, sval = stops
     k_count = st.shape[1]
     cols = (
         np.arange(solver.n_quantities, dtype=np.int64) if columns is None else np.asarray(columns, np.int64)
     )
+    if start is not None:
+        y0, c0 = (np.ascontiguousarray(a, dtype=np.float64) for a in start)
+        if y0.shape != (b, solver.n_states) or c0.shape != (b, solver.n_constants):
+            raise InputError(
+                f"start values must have shapes ({b}, {solver.n_states}) and ({b}, {solver.n_constants}), "
+                f"got {y0.shape} and {c0.shape}"
+            )
     arrays = {
-        "ts": np.ascontiguousarray(ts, dtype=np.float64),
+        "ts": np.ascontiguousarray(
+            np.broadcast_to(ts, (b, t_count)) if per_patient else ts, dtype=np.float64
+        ),
         "d": np.ascontiguousarray(d, dtype=np.float64),
         "m": np.ascontiguousarray(m, dtype=np.uint8),
         "st": np.ascontiguousarray(st, dtype=np.float64),
@@ -844,10 +888,13 @@ def run_native(
         lib.itn_solve(
             hi - lo,
             t_count,
+            t_count if per_patient else 0,
             k_count,
-            ptr(arrays["ts"], "double *"),
+            ptr(arrays["ts"][sl] if per_patient else arrays["ts"], "double *"),
             ptr(arrays["d"][sl], "double *"),
             ptr(arrays["m"][sl], "uint8_t *"),
+            ffi.NULL if start is None else ptr(y0[sl], "double *"),
+            ffi.NULL if start is None else ptr(c0[sl], "double *"),
             ptr(arrays["st"][sl], "double *"),
             ptr(arrays["sdy"][sl], "double *"),
             ptr(arrays["smask"][sl], "uint8_t *"),
@@ -864,6 +911,12 @@ def run_native(
 
     workers = max(1, threads or _threads())
     chunk = max(1, chunk)
+    if workers == 1 or b <= LANES:  # one thread's work: no pool (a small batch is latency-bound)
+        for lo in range(0, b, chunk):
+            solve(lo, min(b, lo + chunk))
+            if progress is not None:
+                progress(min(b, lo + chunk), b)
+        return out, status, steps
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for lo in range(0, b, chunk):
             hi = min(b, lo + chunk)
@@ -872,3 +925,72 @@ def run_native(
             if progress is not None:
                 progress(hi, b)
     return out, status, steps
+
+
+@lru_cache(maxsize=32)
+def build_sensitivities(
+    spec: ModelSpec, method: AbstractMethod, directions: int
+) -> tuple[NativeSolver, SensitivitySpec]:
+    """The native solver of ``spec`` with its forward sensitivity equations along ``directions``
+    seeded directions (:func:`~immunetwin.engines.sensitivity.sensitivity_spec`), and that spec."""
+    check_supported(spec, method)
+    sens = sensitivity_spec(spec, directions)
+    return build(sens.spec, method), sens
+
+
+def _no_stops(b: int, n: int, nc: int) -> tuple[np.ndarray, ...]:
+    return (np.full((b, 1), np.inf), np.zeros((b, 1, n)), np.zeros((b, 1, nc), bool), np.zeros((b, 1, nc)))
+
+
+def solve_values(
+    solver: NativeSolver, ts: np.ndarray, y0: np.ndarray, c: np.ndarray, ctl: Controls
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every quantity's value at the times (``observe``), from start values given: ``ts`` (B, T),
+    ``y0`` (B, n), ``c`` (B, nc). Returns values (B, T, Q) and status (B,)."""
+    out, status, _ = _run_from(solver, ts, y0, c, ctl, None)
+    return out, status
+
+
+def _run_from(
+    solver: NativeSolver,
+    ts: np.ndarray,
+    y0: np.ndarray,
+    c: np.ndarray,
+    ctl: Controls,
+    columns: tuple[int, ...] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`run_native` from given start values, no schedule, all rows in one chunk."""
+    b = y0.shape[0]
+    no_d, no_m = np.zeros((b, 1)), np.zeros((b, 1), np.uint8)
+    stops = _no_stops(b, solver.n_states, solver.n_constants)
+    return run_native(solver, ts, no_d, no_m, stops, ctl, b, None, columns, start=(y0, c))
+
+
+def solve_sensitivities(
+    solver: NativeSolver,
+    sens: SensitivitySpec,
+    ts: np.ndarray,
+    y0: np.ndarray,
+    c: np.ndarray,
+    dy0: np.ndarray,
+    dc: np.ndarray,
+    ctl: Controls,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """States and their forward sensitivities at the times.
+
+    Args:
+        solver, sens: from :func:`build_sensitivities` (``D = sens.directions``).
+        ts: output times (B, T).
+        y0, c: start values (B, n) and constants (B, nc).
+        dy0, dc: the seeds ``dy0/dtheta`` (B, n, D) and ``dc/dtheta`` (B, nc, D).
+
+    Returns:
+        states (B, T, n), sensitivities ``dy/dtheta`` (B, T, n, D) and status (B,).
+    """
+    b, n, nc, dirs = y0.shape[0], y0.shape[1], c.shape[1], sens.directions
+    y_aug = np.concatenate([y0, np.swapaxes(dy0, 1, 2).reshape(b, dirs * n)], axis=1)
+    c_aug = np.concatenate([c, np.swapaxes(dc, 1, 2).reshape(b, dirs * nc)], axis=1)
+    out, status, _ = _run_from(solver, ts, y_aug, c_aug, ctl, sens.state_columns + sens.sensitivity_columns)
+    t_count = out.shape[1]
+    sensitivities = np.swapaxes(out[:, :, n:].reshape(b, t_count, dirs, n), 2, 3)
+    return out[:, :, :n], sensitivities, status

@@ -19,7 +19,9 @@ the optimum is a warning sign (a rugged landscape; run more starts).
 from __future__ import annotations
 
 import math
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,6 +40,9 @@ __all__ = ["MapFit", "StartResult", "fit_map", "hessian"]
 FD_STEP = 1e-4
 #: Relative step of the finite-difference Hessian.
 HESSIAN_STEP = 1e-3
+
+#: Batches of a lockstep fit are padded to a multiple of this (the native backend's lanes).
+_LOCKSTEP_WIDTH = 4
 
 _FAILED = 1e30  # objective value used where the solve fails (keeps L-BFGS-B's line search finite)
 
@@ -109,6 +114,7 @@ def fit_map(
     max_iterations: int = 500,
     tolerance: float = 1e-9,
     gradient: Literal["forward", "finite-difference"] = "forward",
+    lockstep: bool | None = None,
 ) -> MapFit:
     """Maximise the log posterior (or log likelihood, ``prior=False``) from ``starts`` points.
 
@@ -120,6 +126,12 @@ def fit_map(
         prior: include the parameter priors (MAP) or not (maximum likelihood).
         max_iterations, tolerance: L-BFGS-B's ``maxiter`` and ``ftol``/``gtol``.
         gradient: ``"forward"`` sensitivities or ``"finite-difference"`` (see the module docstring).
+        lockstep: run the starts together, each in its own thread, the points they ask for solved
+            as one batch (for the native backend, lanes of one native call: three starts cost about
+            what one does). Each start's path is its own (a point's value does not depend on its
+            companions, up to rounding), so the result is that of the starts one after another.
+            Default: on for
+            ``backend="native"`` with forward gradients, off otherwise.
 
     Returns:
         A :class:`MapFit`, best start first.
@@ -138,31 +150,34 @@ def fit_map(
         else:
             value_and_grad = _finite_difference(objective, prior)
         points = _start_points(objective, starts, key, include_nominal)
+        if lockstep is None:
+            lockstep = objective.backend == "native" and gradient == "forward" and len(points) > 1
+        options = {"maxiter": max_iterations, "ftol": tolerance, "gtol": tolerance * 10}
+        bounds = list(zip(lo, hi, strict=True))
 
-        def negative(x: np.ndarray) -> tuple[float, np.ndarray]:
-            v, g = value_and_grad(jnp.asarray(x))
-            v, g = float(v), np.asarray(g, dtype=float)
-            if not (math.isfinite(v) and np.all(np.isfinite(g))):
-                return _FAILED, np.zeros_like(x)
-            return -v, -g
+        def run(x0: np.ndarray, evaluate: Any) -> StartResult:
+            def negative(x: np.ndarray) -> tuple[float, np.ndarray]:
+                v, g = evaluate(x)
+                if not (math.isfinite(v) and np.all(np.isfinite(g))):
+                    return _FAILED, np.zeros_like(x)
+                return -v, -g
 
-        results = []
-        for x0 in points:
-            res = minimize(
-                negative, x0, jac=True, method="L-BFGS-B", bounds=list(zip(lo, hi, strict=True)),
-                options={"maxiter": max_iterations, "ftol": tolerance, "gtol": tolerance * 10},
-            )  # fmt: skip
+            res = minimize(negative, x0, jac=True, method="L-BFGS-B", bounds=bounds, options=options)
             value = -float(res.fun) if float(res.fun) < _FAILED else -math.inf
-            results.append(
-                StartResult(
-                    np.asarray(x0),
-                    np.asarray(res.x),
-                    value,
-                    bool(res.success),
-                    str(res.message),
-                    int(res.nfev),
-                )
+            return StartResult(
+                np.asarray(x0), np.asarray(res.x), value, bool(res.success), str(res.message), int(res.nfev)
             )
+
+        if lockstep:
+            batch = objective.jitted("batch_value_and_grad" if prior else "batch_value_and_grad_likelihood")
+            results = _run_lockstep(run, points, batch)
+        else:
+
+            def one(x: np.ndarray) -> tuple[float, np.ndarray]:
+                v, g = value_and_grad(jnp.asarray(x))
+                return float(v), np.asarray(g, dtype=float)
+
+            results = [run(x0, one) for x0 in points]
         results.sort(key=lambda r: -r.value if math.isfinite(r.value) else math.inf)
         best = results[0]
         if not math.isfinite(best.value):
@@ -186,6 +201,66 @@ def fit_map(
         at_best=at_best,
         seconds=time.perf_counter() - t_start,
     )
+
+
+class _Rendezvous:
+    """Points asked for by several threads, evaluated as one batch once every running thread has
+    asked (so a batch's make-up does not depend on thread timing)."""
+
+    def __init__(self, batch: Any, parties: int, width: int) -> None:
+        self._batch, self._active, self._width = batch, parties, width
+        self._cond = threading.Condition()
+        self._pending: dict[int, np.ndarray] = {}
+        self._results: dict[int, Any] = {}
+
+    def evaluate(self, who: int, x: np.ndarray) -> tuple[float, np.ndarray]:
+        with self._cond:
+            self._pending[who] = np.asarray(x, dtype=float)
+            self._flush()
+            while who not in self._results:
+                self._cond.wait()
+            out = self._results.pop(who)
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def leave(self) -> None:
+        with self._cond:
+            self._active -= 1
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending or len(self._pending) < self._active:
+            return
+        who = sorted(self._pending)
+        xs = np.stack([self._pending[k] for k in who])
+        self._pending.clear()
+        pad = -len(who) % self._width  # a few fixed batch sizes: one program each
+        xs = np.concatenate([xs, np.repeat(xs[-1:], pad, axis=0)])
+        try:
+            values, grads = (np.asarray(a, dtype=float) for a in self._batch(jnp.asarray(xs)))
+            for i, k in enumerate(who):
+                self._results[k] = (float(values[i]), grads[i])
+        except BaseException as exc:  # every waiting start sees the failure
+            for k in who:
+                self._results[k] = exc
+        self._cond.notify_all()
+
+
+def _run_lockstep(run: Any, points: list[np.ndarray], batch: Any) -> list[StartResult]:
+    """``run(x0, evaluate)`` for every start in its own thread, evaluations batched."""
+    meet = _Rendezvous(batch, len(points), _LOCKSTEP_WIDTH)
+
+    def start(who: int) -> StartResult:
+        # thread-local, and the batch is traced and run in these threads (a leaving one included)
+        with jax.enable_x64(True):
+            try:
+                return run(points[who], lambda x: meet.evaluate(who, x))
+            finally:
+                meet.leave()
+
+    with ThreadPoolExecutor(max_workers=len(points)) as pool:
+        return list(pool.map(start, range(len(points))))
 
 
 def _finite_difference(objective: Objective, prior: bool) -> Any:

@@ -11,6 +11,11 @@ differentiates in forward mode only, so ``jax.grad`` of these functions goes thr
 tens of parameters of an immune model this is the method of choice (as AMICI's forward sensitivities;
 Fröhlich et al. 2017, PLoS Comput Biol 13:e1005331, for the trade-off with adjoints).
 
+``compile_objective(..., backend="native")`` solves in the model's generated C instead and takes the
+gradient from the model's forward sensitivity equations solved with it
+(:mod:`immunetwin.engines.sensitivity`), the way AMICI does with CVODES; the functions stay JAX
+functions of ``theta`` (:class:`Objective` hides which).
+
 Pre-equilibration (PEtab ``preequilibrationConditionId``) integrates the pre-equilibration condition
 to ``t = 1e9`` and accepts the end state as a steady state when every ``|dx/dt| <= atol + rtol |x|``
 (tolerances of :class:`SteadyState`); otherwise the experiment fails and the likelihood is ``-inf``.
@@ -30,6 +35,7 @@ import sympy as sp
 
 from immunetwin.engines.codegen import compile_expressions, quantity_index
 from immunetwin.engines.integrate import STATUS, Controls, solve_one
+from immunetwin.engines.native_jax import NativeFunctions
 from immunetwin.engines.solvers import AbstractMethod, Rodas5P
 from immunetwin.engines.xla import jit
 from immunetwin.errors import InputError, UnknownIdError
@@ -81,6 +87,8 @@ class Objective:
     observables: Callable[[Any], tuple[Any, Any, Any]]
     experiments: tuple[tuple[str, str], ...]
     status_codes: Callable[[Any], Any]
+    backend: str = "xla"
+    sensitivities: Callable[..., tuple[Any, Any]] | None = None
 
     def diagnose(self, theta: Any) -> dict[tuple[str, str], str]:
         """Why each experiment's solve failed at ``theta`` (only the failed ones, by experiment)."""
@@ -93,14 +101,32 @@ class Objective:
 
     def value_and_grad(self, theta: Any, *, prior: bool = True) -> tuple[Any, Any]:
         """``(log posterior, gradient)`` (log likelihood with ``prior=False``) by forward sensitivities."""
-        return forward_value_and_grad(self.log_posterior if prior else self.log_likelihood)(theta)
+        return self.value_and_grad_function(prior=prior)(theta)
+
+    def value_and_grad_function(self, *, prior: bool = True) -> Callable[[Any], tuple[Any, Any]]:
+        """``theta -> (log posterior, gradient)`` (log likelihood with ``prior=False``), jit- and
+        vmap-able: ``jax.jacfwd`` through the XLA engine, or the native backend's sensitivity
+        equations (see :func:`compile_objective`)."""
+        if self.sensitivities is not None:
+            sensitivities = self.sensitivities
+            return lambda theta: sensitivities(theta, prior=prior)
+        return forward_value_and_grad(self.log_posterior if prior else self.log_likelihood)
+
+    def differentiable(self, *, prior: bool = True) -> Callable[[Any], Any]:
+        """The log posterior (log likelihood with ``prior=False``) as a function ``jax.grad`` can
+        differentiate (as NumPyro's NUTS does): a ``custom_vjp`` over :meth:`value_and_grad_function`."""
+        return _reverse_from(
+            self.value_and_grad_function(prior=prior), self.log_posterior if prior else self.log_likelihood
+        )
 
     def jitted(self, what: str) -> Callable[[Any], Any]:
         """A jitted function of ``theta``, compiled once per objective and kept (so repeated fits,
         profiles and checks do not trace again): ``"log_likelihood"``, ``"log_posterior"``,
         ``"log_prior"``, ``"observables"``, ``"value_and_grad"`` (posterior),
-        ``"value_and_grad_likelihood"`` or ``"batch_terms"`` (``(B, dim) -> (log likelihood (B,),
-        log prior (B,))``: many points in one batched solve, no derivative program to compile).
+        ``"value_and_grad_likelihood"``, ``"batch_terms"`` (``(B, dim) -> (log likelihood (B,),
+        log prior (B,))``: many points in one batched solve, no derivative program to compile),
+        ``"batch_value_and_grad"`` or ``"batch_value_and_grad_likelihood"`` (``(B, dim) -> ((B,),
+        (B, dim))``).
         Call inside ``jax.enable_x64(True)``."""
         cache = self.__dict__.setdefault("_jitted", {})
         if what not in cache:
@@ -109,9 +135,11 @@ class Objective:
                 "log_posterior": self.log_posterior,
                 "log_prior": self.log_prior,
                 "observables": self.observables,
-                "value_and_grad": forward_value_and_grad(self.log_posterior),
-                "value_and_grad_likelihood": forward_value_and_grad(self.log_likelihood),
+                "value_and_grad": self.value_and_grad_function(prior=True),
+                "value_and_grad_likelihood": self.value_and_grad_function(prior=False),
                 "batch_terms": jax.vmap(lambda th: (self.log_likelihood(th), self.log_prior(th))),
+                "batch_value_and_grad": jax.vmap(self.value_and_grad_function(prior=True)),
+                "batch_value_and_grad_likelihood": jax.vmap(self.value_and_grad_function(prior=False)),
             }
             if what not in fns:
                 raise InputError(f"unknown objective function '{what}' (known: {', '.join(fns)})")
@@ -140,7 +168,11 @@ def forward_value_and_grad(f: Callable[[Any], Any]) -> Callable[[Any], tuple[Any
 def reverse_differentiable(f: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """``f`` with a ``custom_vjp`` whose backward pass uses forward sensitivities, so that
     ``jax.grad`` (as NumPyro's NUTS calls it) works through the engine's ``while_loop``."""
-    vg = forward_value_and_grad(f)
+    return _reverse_from(forward_value_and_grad(f), f)
+
+
+def _reverse_from(vg: Callable[[Any], tuple[Any, Any]], f: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``f`` with a ``custom_vjp`` whose forward pass is ``vg`` (value and gradient of ``f``)."""
 
     @jax.custom_vjp
     def g(theta: Any) -> Any:
@@ -356,13 +388,27 @@ def compile_objective(
     solver: AbstractMethod | None = None,
     controls: Controls = CALIBRATION_CONTROLS,
     steady_state: SteadyState = SteadyState(),
+    backend: str = "xla",
 ) -> Objective:
     """Compile ``problem``'s likelihood and prior (see the module docstring).
 
+    ``backend="xla"`` (default) solves with the JAX engine and differentiates it with ``jax.jacfwd``.
+    ``backend="native"`` solves with the model's solver generated as C
+    (:mod:`immunetwin.engines.native`, called from JAX by ``jax.pure_callback``) and takes gradients
+    from the model's forward sensitivity equations, solved with the states by the same Rosenbrock
+    method with the sensitivities in the error control (:mod:`immunetwin.engines.sensitivity`): one
+    direction per estimated parameter, seeded with ``dy0/dtheta`` and ``dc/dtheta`` (automatic
+    differentiation of the start values), then ``dL/dtheta = (dL/dy) S + dL/dtheta|_y`` by
+    forward mode through the observables and noise model. Value-only calls solve without
+    sensitivities. CPU only; no pre-equilibration, events or explicit methods (refused by name).
+
     Raises:
-        InputError: measurement times that are not finite, or overrides of computed quantities.
+        InputError: measurement times that are not finite, or overrides of computed quantities, or
+            an unknown backend, or what the native backend cannot do.
         UnknownIdError: an observable or noise formula uses an id nobody defines.
     """
+    if backend not in ("xla", "native"):
+        raise InputError(f"unknown backend '{backend}' (xla, native)")
     m = problem.measurements
     if not np.all(np.isfinite(m.time)):
         row = int(m.source_rows[np.flatnonzero(~np.isfinite(m.time))[0]])
@@ -419,6 +465,14 @@ def compile_objective(
         np.zeros((1, n_const)),
     )
     ss_times = np.concatenate([[0.0], np.logspace(0, math.log10(steady_state.t_end), 10)])
+    native_solve = None
+    if backend == "native":
+        if has_pre.any():
+            raise InputError(
+                f"backend='native' does not pre-equilibrate (problem '{problem.name}' has "
+                "preequilibrationConditionId): use backend='xla'"
+            )
+        native_solve = NativeFunctions.build(spec, method, controls, len(problem.free))
 
     def p_full_of(theta: Any) -> Any:
         lin = jnp.where(free_scale == 0, theta, jnp.where(free_scale == 1, jnp.exp(theta), 10.0**theta))
@@ -426,7 +480,9 @@ def compile_objective(
 
     def observables(theta: Any) -> tuple[Any, Any, Any]:
         p_full = p_full_of(jnp.asarray(theta))
-        values, codes = _batched(p_full)
+        return _rows(*_batched(p_full), p_full)
+
+    def _rows(values: Any, codes: Any, p_full: Any) -> tuple[Any, Any, Any]:
         ok = codes == 0
         v = values[row_exp, row_k]  # (R, Q)
         op = _route(p_full, op_src, op_const)
@@ -438,8 +494,21 @@ def compile_objective(
         return h_all[rows, row_obs], s_all[rows, row_obs], ok
 
     def _batched(p_full: Any) -> tuple[Any, Any]:
+        if native_solve is not None:
+            y0, c = _starts(p_full)
+            values, codes = native_solve.values(jnp.asarray(ts), y0, c)
+            return values, codes
         # experiments differ only in data (tables indexed by e), so vmap over e
         return jax.vmap(lambda e: _one_traced(p_full, e))(jnp.arange(len(experiments)))
+
+    def _starts(p_full: Any) -> tuple[Any, Any]:
+        """Start values and constants of every experiment, (E, n) and (E, nc) (no pre-equilibration)."""
+
+        def one(e: Any) -> tuple[Any, Any]:
+            d_m = _route(p_full, jnp.asarray(src_m)[e], jnp.asarray(const_m)[e])
+            return fns.init(d_m, jnp.asarray(mask_m)[e], 0.0)
+
+        return jax.vmap(one)(jnp.arange(len(experiments)))
 
     def _one_traced(p_full: Any, e: Any) -> tuple[Any, Any]:
         d_m = _route(p_full, jnp.asarray(src_m)[e], jnp.asarray(const_m)[e])
@@ -475,7 +544,9 @@ def compile_objective(
         return values, jnp.where(pre_code != 0, pre_code, status)
 
     def log_likelihood(theta: Any) -> Any:
-        h, sigma, ok = observables(theta)
+        return _log_likelihood_of(*observables(theta))
+
+    def _log_likelihood_of(h: Any, sigma: Any, ok: Any) -> Any:
         ll = row_log_density(
             jnp.asarray(y_safe),
             h,
@@ -490,11 +561,42 @@ def compile_objective(
     def status(theta: Any) -> Any:
         return _batched(p_full_of(jnp.asarray(theta)))[1]
 
+    log_prior = _log_prior_fn(problem)
+
+    def sensitivities(theta: Any, *, prior: bool = True) -> tuple[Any, Any]:
+        """(log posterior or likelihood, gradient) from the native sensitivity solve."""
+        assert native_solve is not None
+        theta = jnp.asarray(theta)
+
+        def starts(th: Any) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+            out = _starts(p_full_of(th))
+            return out, out
+
+        (dy0, dc), (y0, c) = jax.jacfwd(starts, has_aux=True)(theta)
+        states, sens, codes = native_solve.sensitivities(jnp.asarray(ts), y0, c, dy0, dc)
+
+        anchor = jax.lax.stop_gradient(theta)
+
+        def total(th: Any) -> Any:
+            # the states' first-order expansion in theta: its forward derivative at theta is the
+            # chain rule (dL/dy) S + dL/dtheta|_y (forward mode, as the XLA path: reverse mode
+            # through the noise model's jnp.where branches would meet 0 * inf)
+            ys = states + jnp.einsum("etnp,p->etn", sens, th - anchor)
+            p_full = p_full_of(th)
+            _, c_th = _starts(p_full)
+            values = jax.vmap(jax.vmap(fns.observe, (0, 0, None)))(jnp.asarray(ts), ys, c_th)
+            value = _log_likelihood_of(*_rows(values, codes, p_full))
+            return value + log_prior(th) if prior else value
+
+        return forward_value_and_grad(total)(theta)
+
     return Objective(
         problem=problem,
         log_likelihood=log_likelihood,
         status_codes=status,
-        log_prior=_log_prior_fn(problem),
+        log_prior=log_prior,
         observables=observables,
         experiments=tuple(experiments),
+        backend=backend,
+        sensitivities=sensitivities if native_solve is not None else None,
     )

@@ -11,7 +11,8 @@ The bounded ``theta`` (on the parameter scales) is sampled through an unconstrai
         + \\log \\sigma(u_i) + \\log \\sigma(-u_i)\\big],
 
 with ``l, h`` the problem's bounds and ``σ`` the logistic function. Gradients are the objective's
-forward sensitivities (:func:`~immunetwin.inference.likelihood.reverse_differentiable`).
+forward sensitivities (:meth:`~immunetwin.inference.likelihood.Objective.differentiable`: ``jax.jacfwd``
+through the XLA engine, or the native backend's sensitivity equations).
 
 Convergence is judged as Vehtari et al. (2021, Bayesian Analysis 16:667, Section 4) recommend: the
 rank-normalised split R-hat of every parameter at most 1.01, bulk and tail effective sample sizes of
@@ -20,7 +21,8 @@ at least 400, and no divergent transitions after warm-up. A run that misses any 
 
 ``laplace`` approximates the posterior by a Gaussian at the MAP on the parameter scales,
 ``N(theta_map, (-∇²log p(theta_map | y))^{-1})`` (Tierney & Kadane 1986, JASA 81:82), with the
-Hessian by forward-over-forward differentiation. Both return an ArviZ ``InferenceData`` of the same
+Hessian by forward-over-forward differentiation (on the native backend: central differences of the
+sensitivity gradients). Both return an ArviZ ``InferenceData`` of the same
 layout: ``posterior`` (``theta`` on the parameter scales and ``value`` linear, dims ``chain, draw,
 parameter``), ``log_likelihood`` (``y``: the log density of each measurement row, so ``az.loo``
 works) and ``observed_data``; NUTS adds ``sample_stats`` (``diverging``, ``lp``, ``energy``, ...).
@@ -49,7 +51,6 @@ from immunetwin.inference.chains import ChainMethod, check_chain_method, run_cha
 from immunetwin.inference.likelihood import (
     Objective,
     forward_value_and_grad,
-    reverse_differentiable,
     row_log_density,
 )
 from immunetwin.inference.problem import Problem, from_scale
@@ -150,7 +151,7 @@ def _theta_of(u: Any, lo: np.ndarray, width: np.ndarray) -> Any:
 def _potential(objective: Objective) -> Any:
     """``u -> -log p(u | y)`` (NumPyro's potential energy), differentiable by forward sensitivities."""
     lo, width = objective.problem.lower, objective.problem.upper - objective.problem.lower
-    log_post = reverse_differentiable(objective.log_posterior)
+    log_post = objective.differentiable(prior=True)
     log_width = np.log(width)
 
     def potential(u: Any) -> Any:
@@ -472,8 +473,27 @@ def sample_posterior(
 # -- Laplace ----------------------------------------------------------------------------------------
 
 
+#: Relative step of the Hessian by central differences of sensitivity gradients (native backend).
+GRADIENT_HESSIAN_STEP = 1e-5
+
+
 def _value_grad_hessian(objective: Objective, theta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Log posterior, gradient (forward sensitivities) and symmetrised Hessian (``jacfwd`` of it)."""
+    """Log posterior, gradient (forward sensitivities) and symmetrised Hessian: ``jacfwd`` of the
+    gradient on the XLA backend; on the native backend (whose solves JAX cannot differentiate)
+    central differences of the sensitivity gradient, ``H e_j = (g(x + h_j e_j) - g(x - h_j e_j)) /
+    2 h_j`` with ``h_j = GRADIENT_HESSIAN_STEP * max(1, |x_j|)``, the ``2 d + 1`` points in one batch."""
+    if objective.sensitivities is not None:
+        x = np.asarray(theta, dtype=float)
+        step = GRADIENT_HESSIAN_STEP * np.maximum(1.0, np.abs(x))
+        eye = np.diag(step)
+        points = np.vstack([x, x + eye, x - eye])
+        with jax.enable_x64(True):
+            values, grads = (
+                np.asarray(a) for a in objective.jitted("batch_value_and_grad")(jnp.asarray(points))
+            )
+        d = len(x)
+        hess = (grads[1 : d + 1] - grads[d + 1 :]).T / (2.0 * step[None, :])
+        return float(values[0]), grads[0], 0.5 * (hess + hess.T)
     vg = forward_value_and_grad(objective.log_posterior)
 
     def grad_with_aux(x: Any) -> tuple[Any, Any]:

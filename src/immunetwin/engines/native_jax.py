@@ -1,0 +1,229 @@
+"""The native backend called from JAX programs: solves as ``jax.pure_callback``.
+
+Calibration objectives (:func:`immunetwin.inference.compile_objective` with ``backend="native"``)
+stay JAX functions of ``theta`` (jit-able, and ``jax.vmap``-able over chains or points) while the
+solves run in the model's generated C (:mod:`immunetwin.engines.native`). Every batch axis JAX adds
+(experiments, chains, points) becomes lanes of one native call (``vmap_method="broadcast_all"``), so
+four vectorised NUTS chains are solved four to a GCC vector.
+
+The callbacks are not differentiable by JAX; derivatives come from the sensitivity solve
+(:meth:`NativeFunctions.sensitivities`), which the objective combines with reverse mode through the
+observables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from immunetwin.engines import native
+from immunetwin.engines.integrate import Controls
+from immunetwin.engines.sensitivity import SensitivitySpec
+from immunetwin.engines.solvers import AbstractMethod
+from immunetwin.spec.model import ModelSpec
+
+__all__ = ["NativeFunctions"]
+
+
+# float64 crosses the callback boundary as pairs of uint32. ``jax.enable_x64`` is thread-local and XLA
+# may run a callback on one of its own threads, where it is off: JAX would then round the callback's
+# float64 inputs to float32 before it runs (a relative error of 1e-8 in every solve, seen as gradients
+# that differ from run to run) and cast its float64 results likewise. uint32 is never converted.
+
+
+def _bits(x: Any) -> Any:
+    """float64 (JAX) -> uint32 (..., 2), the same bits."""
+    return jax.lax.bitcast_convert_type(jnp.asarray(x, jnp.float64), jnp.uint32)
+
+
+def _unbits(x: Any) -> Any:
+    """uint32 (..., 2) (JAX) -> float64 (...)."""
+    return jax.lax.bitcast_convert_type(x, jnp.float64)
+
+
+def _np_unbits(a: Any) -> np.ndarray:
+    """uint32 (..., 2) (NumPy, in the callback) -> float64 (...)."""
+    a = np.ascontiguousarray(np.asarray(a, dtype=np.uint32))
+    return a.view(np.float64).reshape(a.shape[:-1])
+
+
+def _np_bits(a: np.ndarray) -> np.ndarray:
+    """float64 (...) (NumPy, in the callback) -> uint32 (..., 2)."""
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    return a.view(np.uint32).reshape((*a.shape, 2))
+
+
+def _distinct_rows(arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the first of each distinct row (by bits, over all ``arrays`` together) and, per
+    row, the position of its distinct row among them."""
+    b = arrays[0].shape[0]
+    rows = np.concatenate([np.ascontiguousarray(a).reshape(b, -1).view(np.uint64) for a in arrays], axis=1)
+    _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # keep the rows' own order
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return first[order], rank[inverse.reshape(-1)]
+
+
+def _groups(rows: int, directions: int) -> tuple[int, int]:
+    """(groups, directions per group) for ``rows`` distinct points: their directions spread over the
+    lanes of one vector; one group when the rows fill it."""
+    if rows >= native.LANES:
+        return 1, directions
+    per = -(-directions // min(native.LANES // rows, directions))
+    return -(-directions // per), per
+
+
+def _bits_shape(shape: tuple[int, ...]) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((*shape, 2), jnp.uint32)
+
+
+def _flat(a: np.ndarray, core: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``a`` with its leading (batch) axes flattened to one, and those axes."""
+    lead = a.shape[: a.ndim - core]
+    return np.ascontiguousarray(a.reshape((-1, *a.shape[a.ndim - core :])), dtype=np.float64), lead
+
+
+@dataclass(frozen=True, eq=False)
+class NativeFunctions:
+    """JAX-callable native solves of one model with one method and tolerances.
+
+    Attributes:
+        plain: the model's solver (values only).
+        sens: the solver of the model with its sensitivity equations, and that spec (``None`` when
+            no directions were asked for).
+        controls: tolerances and step limit.
+        n_quantities: quantities the plain solve returns per time.
+    """
+
+    plain: native.NativeSolver
+    sens: tuple[native.NativeSolver, SensitivitySpec] | None
+    controls: Controls
+    n_quantities: int
+    spec: ModelSpec | None = None
+    method: AbstractMethod | None = None
+
+    @classmethod
+    def build(
+        cls, spec: ModelSpec, method: AbstractMethod, controls: Controls, directions: int
+    ) -> NativeFunctions:
+        """Generate and build (or load from the cache) both solvers; refuses what the native backend
+        cannot do (:func:`immunetwin.engines.native.check_supported`)."""
+        plain = native.build(spec, method)
+        sens = native.build_sensitivities(spec, method, directions) if directions > 0 else None
+        for b in range(1, native.LANES):  # the split solvers of small batches, now rather than mid-fit
+            if directions > 0 and _groups(b, directions)[0] > 1:
+                native.build_sensitivities(spec, method, _groups(b, directions)[1])
+        return cls(plain, sens, controls, len(spec.quantities), spec, method)
+
+    def _solve_sensitivities(self, *arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_solve_sensitivities_unique` of the distinct rows only (a lockstep fit pads its
+        batch with copies of a point; JAX may repeat a point too), scattered back."""
+        unique, inverse = _distinct_rows(arrays)
+        if len(unique) == len(arrays[0]):
+            return self._solve_sensitivities_unique(*arrays)
+        out = self._solve_sensitivities_unique(*(a[unique] for a in arrays))
+        return tuple(o[inverse] for o in out)  # type: ignore[return-value]
+
+    def _solve_sensitivities_unique(
+        self, ts: np.ndarray, y0: np.ndarray, c: np.ndarray, dy0: np.ndarray, dc: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`~immunetwin.engines.native.solve_sensitivities` of ``B`` rows. Fewer rows than a
+        vector has lanes (one MAP start, two chains) would leave lanes idle: the directions are then
+        split into groups, each solved with the model in its own lane (the model's states solved
+        once per group, ``1 + D/groups`` blocks per lane instead of ``1 + D``), and put together
+        again; the states are those of the first group. Each group's steps are chosen by its own
+        error estimate, so groups agree to the tolerances, not bitwise."""
+        assert self.sens is not None
+        solver, spec = self.sens
+        b, dirs = y0.shape[0], spec.directions
+        groups, per = _groups(b, dirs)
+        if groups <= 1 or self.spec is None or self.method is None:
+            return native.solve_sensitivities(solver, spec, ts, y0, c, dy0, dc, self.controls)
+        sub_solver, sub_spec = native.build_sensitivities(self.spec, self.method, per)
+        pad = groups * per - dirs
+        dy0_p = np.concatenate([dy0, np.zeros((*dy0.shape[:2], pad))], axis=2)
+        dc_p = np.concatenate([dc, np.zeros((*dc.shape[:2], pad))], axis=2)
+        # rows: patient-major, then group: (b * groups, ...)
+        rep = lambda a: np.repeat(a, groups, axis=0)  # noqa: E731
+        seeds_y = (
+            dy0_p.reshape(b, dy0.shape[1], groups, per)
+            .transpose(0, 2, 1, 3)
+            .reshape(b * groups, dy0.shape[1], per)
+        )
+        seeds_c = (
+            dc_p.reshape(b, dc.shape[1], groups, per)
+            .transpose(0, 2, 1, 3)
+            .reshape(b * groups, dc.shape[1], per)
+        )
+        states, sens, status = native.solve_sensitivities(
+            sub_solver, sub_spec, rep(ts), rep(y0), rep(c), seeds_y, seeds_c, self.controls
+        )
+        t_count, n = states.shape[1], states.shape[2]
+        sens = (
+            sens.reshape(b, groups, t_count, n, per)
+            .transpose(0, 2, 3, 1, 4)
+            .reshape(b, t_count, n, groups * per)
+        )
+        status = status.reshape(b, groups)
+        failed = np.array([next((int(x) for x in row if x != 0), 0) for row in status])  # first group's code
+        return states.reshape(b, groups, t_count, n)[:, 0], sens[..., :dirs], failed
+
+    def values(self, ts: Any, y0: Any, c: Any) -> tuple[Any, Any]:
+        """Every quantity at the times: ``ts`` (E, T), ``y0`` (E, n), ``c`` (E, nc) -> values
+        (E, T, Q) and status (E,) (0: solved; :data:`~immunetwin.engines.integrate.STATUS`)."""
+        e, t_count = ts.shape
+
+        def call(ts_: Any, y0_: Any, c_: Any) -> tuple[np.ndarray, np.ndarray]:
+            t_flat, lead = _flat(_np_unbits(ts_), 1)
+            rows = (t_flat, _flat(_np_unbits(y0_), 1)[0], _flat(_np_unbits(c_), 1)[0])
+            unique, inverse = _distinct_rows(rows)
+            values, status = native.solve_values(self.plain, *(a[unique] for a in rows), self.controls)
+            values, status = values[inverse], status[inverse]
+            return (
+                _np_bits(values.reshape((*lead, t_count, self.n_quantities))),
+                status.astype(np.int32).reshape(lead),
+            )
+
+        shapes = (_bits_shape((e, t_count, self.n_quantities)), jax.ShapeDtypeStruct((e,), jnp.int32))
+        values, status = jax.pure_callback(
+            call, shapes, _bits(ts), _bits(y0), _bits(c), vmap_method="broadcast_all"
+        )
+        return _unbits(values), status
+
+    def sensitivities(self, ts: Any, y0: Any, c: Any, dy0: Any, dc: Any) -> tuple[Any, Any, Any]:
+        """States and forward sensitivities at the times: seeds ``dy0`` (E, n, D) and ``dc``
+        (E, nc, D) -> states (E, T, n), ``dy/dtheta`` (E, T, n, D) and status (E,). A failed solve's
+        sensitivities are 0 (its status says it failed)."""
+        if self.sens is None:
+            raise ValueError("these native functions were built without sensitivity directions")
+        _, spec = self.sens
+        e, t_count = ts.shape
+        n, dirs = y0.shape[-1], spec.directions
+
+        def call(*arrays: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            ts_, y0_, c_, dy0_, dc_ = (_np_unbits(a) for a in arrays)
+            t_flat, lead = _flat(ts_, 1)
+            states, sens, status = self._solve_sensitivities(
+                t_flat, _flat(y0_, 1)[0], _flat(c_, 1)[0], _flat(dy0_, 2)[0], _flat(dc_, 2)[0]
+            )
+            sens = np.where((status == 0)[:, None, None, None], sens, 0.0)
+            return (
+                _np_bits(states.reshape((*lead, t_count, n))),
+                _np_bits(sens.reshape((*lead, t_count, n, dirs))),
+                status.astype(np.int32).reshape(lead),
+            )
+
+        shapes = (
+            _bits_shape((e, t_count, n)),
+            _bits_shape((e, t_count, n, dirs)),
+            jax.ShapeDtypeStruct((e,), jnp.int32),
+        )
+        states, sens, status = jax.pure_callback(
+            call, shapes, *(_bits(x) for x in (ts, y0, c, dy0, dc)), vmap_method="broadcast_all"
+        )
+        return _unbits(states), _unbits(sens), status
