@@ -98,6 +98,7 @@ class NativeFunctions:
             no directions were asked for).
         controls: tolerances and step limit.
         n_quantities: quantities the plain solve returns per time.
+        spec, method: the model and method (for the solvers of split directions; ``None``: no split).
     """
 
     plain: native.NativeSolver
@@ -170,7 +171,8 @@ class NativeFunctions:
             .reshape(b, t_count, n, groups * per)
         )
         status = status.reshape(b, groups)
-        failed = np.array([next((int(x) for x in row if x != 0), 0) for row in status])  # first group's code
+        # a point failed if any of its groups did (the first failing group's code)
+        failed = np.array([next((int(x) for x in row if x != 0), 0) for row in status])
         return states.reshape(b, groups, t_count, n)[:, 0], sens[..., :dirs], failed
 
     def values(self, ts: Any, y0: Any, c: Any) -> tuple[Any, Any]:
