@@ -91,6 +91,7 @@ def fit(
     """
     import jax
 
+    from immunetwin.engines.ode import BACKENDS
     from immunetwin.inference import compile_objective
     from immunetwin.inference.chains import CHAIN_METHODS
     from immunetwin.inference.fit import fit_map
@@ -101,8 +102,8 @@ def fit(
         raise InputError(f"--metric '{metric}': choose adapt or laplace")
     if chain_method not in CHAIN_METHODS:
         raise InputError(f"--chain-method '{chain_method}': choose {', '.join(CHAIN_METHODS)}")
-    if backend not in ("xla", "native"):
-        raise InputError(f"--backend '{backend}': choose xla or native")
+    if backend not in BACKENDS:
+        raise InputError(f"--backend '{backend}': choose {' or '.join(BACKENDS)}")
     for name, value in (("--starts", starts), ("--chains", chains), ("--draws", draws)):
         if value < 1:
             raise InputError(f"{name} must be at least 1, got {value}")

@@ -130,8 +130,7 @@ def fit_map(
             as one batch (for the native backend, lanes of one native call: three starts cost about
             what one does). Each start's path is its own (a point's value does not depend on its
             companions, up to rounding), so the result is that of the starts one after another.
-            Default: on for
-            ``backend="native"`` with forward gradients, off otherwise.
+            Default: on for ``backend="native"`` with forward gradients, off otherwise.
 
     Returns:
         A :class:`MapFit`, best start first.

@@ -36,6 +36,7 @@ import sympy as sp
 from immunetwin.engines.codegen import compile_expressions, quantity_index
 from immunetwin.engines.integrate import STATUS, Controls, solve_one
 from immunetwin.engines.native_jax import NativeFunctions
+from immunetwin.engines.ode import BACKENDS
 from immunetwin.engines.solvers import AbstractMethod, Rodas5P
 from immunetwin.engines.xla import jit
 from immunetwin.errors import InputError, UnknownIdError
@@ -407,8 +408,8 @@ def compile_objective(
             an unknown backend, or what the native backend cannot do.
         UnknownIdError: an observable or noise formula uses an id nobody defines.
     """
-    if backend not in ("xla", "native"):
-        raise InputError(f"unknown backend '{backend}' (xla, native)")
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend '{backend}' ({', '.join(BACKENDS)})")
     m = problem.measurements
     if not np.all(np.isfinite(m.time)):
         row = int(m.source_rows[np.flatnonzero(~np.isfinite(m.time))[0]])
@@ -495,25 +496,22 @@ def compile_objective(
 
     def _batched(p_full: Any) -> tuple[Any, Any]:
         if native_solve is not None:
-            y0, c = _starts(p_full)
-            values, codes = native_solve.values(jnp.asarray(ts), y0, c)
-            return values, codes
+            return native_solve.values(jnp.asarray(ts), *_starts(p_full))
         # experiments differ only in data (tables indexed by e), so vmap over e
         return jax.vmap(lambda e: _one_traced(p_full, e))(jnp.arange(len(experiments)))
 
+    def _start_of(p_full: Any, e: Any) -> tuple[Any, Any]:
+        """Start values and constants of experiment ``e``'s main condition."""
+        d_m = _route(p_full, jnp.asarray(src_m)[e], jnp.asarray(const_m)[e])
+        return fns.init(d_m, jnp.asarray(mask_m)[e], 0.0)
+
     def _starts(p_full: Any) -> tuple[Any, Any]:
         """Start values and constants of every experiment, (E, n) and (E, nc) (no pre-equilibration)."""
-
-        def one(e: Any) -> tuple[Any, Any]:
-            d_m = _route(p_full, jnp.asarray(src_m)[e], jnp.asarray(const_m)[e])
-            return fns.init(d_m, jnp.asarray(mask_m)[e], 0.0)
-
-        return jax.vmap(one)(jnp.arange(len(experiments)))
+        return jax.vmap(lambda e: _start_of(p_full, e))(jnp.arange(len(experiments)))
 
     def _one_traced(p_full: Any, e: Any) -> tuple[Any, Any]:
-        d_m = _route(p_full, jnp.asarray(src_m)[e], jnp.asarray(const_m)[e])
         d_p = _route(p_full, jnp.asarray(src_p)[e], jnp.asarray(const_p)[e])
-        y_main, c_main = fns.init(d_m, jnp.asarray(mask_m)[e], 0.0)
+        y_main, c_main = _start_of(p_full, e)
         if has_pre.any():
             y_pre, c_pre = fns.init(d_p, jnp.asarray(mask_p)[e], 0.0)
             ys_ss, st_ss, _ = solve_one(
