@@ -23,7 +23,10 @@ about 1.7 us per patient-step on a core of the 2-core AMD EPYC for the 14-state 
 A thread steps :data:`LANES` patients at once, each one element of a GCC vector (``vector_size``):
 scalar C was latency-bound (the unrolled LU solve is one long dependency chain per patient: 1.9 us
 per step), four independent chains overlap (0.83 us) and, with AVX2, one instruction carries all four
-(0.37 us). Control (outputs, step size, stops) is scalar per lane, and a lane whose patient finishes
+(0.37 us). A step also skips what nobody reads: the dense-output rows are formed only when an output
+time of some lane falls inside the step (29 daily outputs against ~345 steps), and the factorisation
+takes one reciprocal per pivot instead of one division per entry below it (with the first, 12 % less
+CPU time per ``viral_immune`` patient, ``benchmarks/README.md``). Control (outputs, step size, stops) is scalar per lane, and a lane whose patient finishes
 takes the next one at once, so patients never wait for a slower companion.
 
 The module is built once per model with cffi (API mode: a CPython extension, compiled by the C
@@ -295,8 +298,10 @@ def _lu(
     """Slots of the Rosenbrock matrix and its factors, and the unrolled factorisation and solve.
 
     Mirrors :func:`immunetwin.engines.solvers.sparse_lu`/``sparse_lu_solve``: slots in the order
-    the JAX dict holds them (the Jacobian's pattern, then missing diagonal entries, then fill-in);
-    the solve multiplies by the pivots' reciprocals ``r``."""
+    the JAX dict holds them (the Jacobian's pattern, then missing diagonal entries, then fill-in).
+    Each pivot's reciprocal ``r`` is taken once, as soon as the pivot is final, and the column below it
+    and the solve multiply by it: one division per row instead of one per entry below the diagonal
+    (a division is the slowest vector operation, and the factorisation's divisions were a chain)."""
     slot: dict[tuple[int, int], int] = {}
     for ij in pattern:
         slot.setdefault(ij, len(slot))
@@ -305,10 +310,11 @@ def _lu(
     factor: list[str] = []
     for k in range(n):
         row_k = [j for (i, j) in list(slot) if i == k and j > k]
+        factor.append(f"    r[{k}] = 1.0 / a[{slot[(k, k)]}];")
         for i in range(k + 1, n):
             if (i, k) not in slot:
                 continue
-            factor.append(f"    a[{slot[(i, k)]}] = a[{slot[(i, k)]}] / a[{slot[(k, k)]}];")
+            factor.append(f"    a[{slot[(i, k)]}] = a[{slot[(i, k)]}] * r[{k}];")
             for j in row_k:
                 if (i, j) in slot:
                     factor.append(f"    a[{slot[(i, j)]}] -= a[{slot[(i, k)]}] * a[{slot[(k, j)]}];")
@@ -415,9 +421,13 @@ def c_source(spec: ModelSpec, method: AbstractMethod) -> str:
     jslots = ", ".join(str(slot[ij]) for ij in terms.pattern) or "0"
     out.append(f"static const int JSLOT[{max(1, len(terms.pattern))}] = {{{jslots}}};")
     out.append(f"static const int DSLOT[{max(1, n)}] = {{{', '.join(map(str, diag)) or '0'}}};")
+    # the entries W starts from that the Jacobian does not write: diagonal ones it lacks (fill-in
+    # entries are written by the factorisation itself)
+    zero = [slot[(i, i)] for i in range(n) if (i, i) not in set(terms.pattern)]
+    out.append(f"#define NZERO {len(zero)}")
+    out.append(f"static const int ZSLOT[{max(1, len(zero))}] = {{{', '.join(map(str, zero)) or '0'}}};")
     out.append("static void lu_factor(vd *a, vd *r) {")
     out += factor
-    out += [f"    r[{i}] = 1.0 / a[{d}];" for i, d in enumerate(diag)]
     out += ["}", ""]
     out.append("static void lu_solve(const vd *a, const vd *r, vd *x) {")
     out += solve
@@ -447,23 +457,42 @@ VMAP2(v_pow, pow) VMAP2(v_atan2, atan2) VMAP2(v_fmod, fmod) VMAP2(v_fmax, fmax) 
 
 
 def _combination(weights: Sequence[float], arrays: Sequence[str]) -> str:
-    """``w0*k0[i] + w1*k1[i] + ...`` over the non-zero weights (literal coefficients), or ''."""
-    return " + ".join(f"{float(w)!r} * {a}[i]" for w, a in zip(weights, arrays, strict=False) if w != 0.0)
+    """``w0*k0[i] + w1*k1[i] + ...`` over the non-zero weights (literal coefficients; a weight of 1
+    is an addition, the same value), or ''."""
+    return " + ".join(
+        a + "[i]" if w == 1.0 else f"{float(w)!r} * {a}[i]"
+        for w, a in zip(weights, arrays, strict=False)
+        if w != 0.0
+    )
+
+
+def _extends(row: np.ndarray, previous: np.ndarray, s: int) -> bool:
+    """Whether stage row ``row`` is ``previous`` plus 1 x k_{s-1}: then ``y + row @ K``, summed left to
+    right, is exactly ``(y + previous @ K) + k_{s-1}`` (Rodas5P's stages 7, 8 and its solution)."""
+    return (
+        s > 0 and row[s - 1] == 1.0 and np.array_equal(row[: s - 1], previous[: s - 1]) and not row[s:].any()
+    )
 
 
 def _rosenbrock_step(method: AbstractMethod) -> list[str]:
     """One step of the method's tableau for :data:`LANES` patients, unrolled over its 8 stages with
     the coefficients as literals (the stage equations of :mod:`immunetwin.engines.solvers`): ``y1``,
-    the error estimate ``k8`` and the dense-output rows ``H @ K``."""
+    the error estimate ``k8`` and, when ``want_dense``, the dense-output rows ``H @ K``.
+
+    Each stage reads the earlier stages once: its input ``u = y + A[s] @ K`` and its coupling
+    ``C[s] @ K`` in one pass, and a stage input that is the previous one plus the previous stage
+    (rows 7, 8 and the solution of Rodas5P) as that sum. Both give the same values as the stage
+    equations written out, summed left to right: the answers do not change, only the loads."""
     A, C, cs, ds, H = _rosenbrock_arrays(method.tableau)  # type: ignore[attr-defined]
     gamma = float(method.tableau.gamma)  # type: ignore[attr-defined]
     ks = [f"k{s}" for s in range(8)]
     out = [
-        "static void rosenbrock_step(vd t, const vd *y, const vd *c, vd h, vd *y1, vd *err, vd *dense) {",
-        "    vd jv[NNZ > 0 ? NNZ : 1], dfdt[NN], a[NLU], r[NN], u[NN], f[NN];",
+        "static void rosenbrock_step(vd t, const vd *y, const vd *c, vd h, vd *y1, vd *err, vd *dense,",
+        "                            int want_dense) {",
+        "    vd jv[NNZ > 0 ? NNZ : 1], dfdt[NN], a[NLU], r[NN], u[NN], g[NN];",
         "    vd " + ", ".join(f"{k}[NN]" for k in ks) + ";",
         "    model_jac_v(t, y, c, jv, dfdt);",
-        "    for (int k = 0; k < NLU; k++) a[k] = vsplat(0.0);",
+        "    for (int k = 0; k < NZERO; k++) a[ZSLOT[k]] = vsplat(0.0);",
         "    /* a non-finite entry is dropped (a W-method step, accepted only by its error estimate) */",
         "    for (int k = 0; k < NNZ; k++) a[JSLOT[k]] = v_where((vl)(jv[k] - jv[k] == 0.0), -jv[k], vsplat(-0.0));",
         "    for (int i = 0; i < N; i++) dfdt[i] = v_where((vl)(dfdt[i] - dfdt[i] == 0.0), dfdt[i], vsplat(0.0));",
@@ -473,21 +502,33 @@ def _rosenbrock_step(method: AbstractMethod) -> list[str]:
         "    lu_factor(a, r);",
     ]
     for s in range(8):
-        comb = _combination(A[s][:s], ks[:s])
-        if comb:
-            out.append(f"    for (int i = 0; i < N; i++) u[i] = y[i] + {comb};")
-        out.append(f"    model_rhs_v(t + {float(cs[s])!r} * h, {'u' if comb else 'y'}, c, f);")
-        rhs = "f[i]"
-        if ds[s] != 0.0:
-            rhs += f" + ({float(ds[s])!r} * h) * dfdt[i]"
+        body = []
+        if _extends(A[s], A[s - 1], s):
+            body.append(f"u[i] = u[i] + {ks[s - 1]}[i];")
+        elif comb := _combination(A[s][:s], ks[:s]):
+            body.append(f"u[i] = y[i] + {comb};")
+        arg = "u" if body else "y"
         cc = _combination(C[s][:s], ks[:s])
         if cc:
-            rhs += f" + ({cc}) * ih"
-        out.append(f"    for (int i = 0; i < N; i++) {ks[s]}[i] = {rhs};")
+            body.append(f"g[i] = {cc};")
+        if body:
+            out.append(f"    for (int i = 0; i < N; i++) {{ {' '.join(body)} }}")
+        out.append(f"    model_rhs_v(t + {float(cs[s])!r} * h, {arg}, c, {ks[s]});")
+        rhs = f"{ks[s]}[i]"
+        if ds[s] != 0.0:
+            rhs += f" + ({float(ds[s])!r} * h) * dfdt[i]"
+        if cc:
+            rhs += " + g[i] * ih"
+        if rhs != f"{ks[s]}[i]":
+            out.append(f"    for (int i = 0; i < N; i++) {ks[s]}[i] = {rhs};")
         out.append(f"    lu_solve(a, r, {ks[s]});")
     out.append("    for (int i = 0; i < N; i++) {")
-    out.append(f"        y1[i] = y[i] + {_combination(A[8], ks)};")
+    solution = f"u[i] + {ks[7]}[i]" if _extends(A[8], A[7], 8) else f"y[i] + {_combination(A[8], ks)}"
+    out.append(f"        y1[i] = {solution};")
     out.append("        err[i] = k7[i];")
+    out.append("    }")
+    out.append("    if (!want_dense) return;")
+    out.append("    for (int i = 0; i < N; i++) {")
     for row in range(len(H)):
         out.append(f"        dense[{row} * N + i] = {_combination(H[row], ks) or 'vsplat(0.0)'};")
     out.append("    }")
@@ -635,7 +676,7 @@ void itn_solve(int64_t b, int64_t t_count, int64_t ts_stride, int64_t k_count, c
     int64_t next = 0;
     for (int l = 0; l < L; l++) lanes[l].pid = -1;
     for (;;) {
-        int active = 0;
+        int active = 0, want_dense = 0;
         for (int l = 0; l < L; l++) {
             Lane *ln = &lanes[l];
             for (;;) {
@@ -661,9 +702,11 @@ void itn_solve(int64_t b, int64_t t_count, int64_t ts_stride, int64_t k_count, c
             ln->h_try = ln->clipped ? remaining : ln->h;
             tv[l] = ln->t;
             hv[l] = ln->h_try;
+            /* the dense output is read only for an output time inside the step (mostly none) */
+            want_dense |= times_of(&job, ln->pid)[ln->j] < (ln->clipped ? t_stop : ln->t + ln->h_try);
         }
         if (!active) break;
-        rosenbrock_step(tv, bk.y, bk.c, hv, y1, err, dense);
+        rosenbrock_step(tv, bk.y, bk.c, hv, y1, err, dense, want_dense);
         vd total = vsplat(0.0);
         vl finite_y = VTRUE;
         for (int i = 0; i < N; i++) {
@@ -701,12 +744,14 @@ void itn_solve(int64_t b, int64_t t_count, int64_t ts_stride, int64_t k_count, c
                 ln->t = t1;
             }
         }
-        for (int i = 0; i < N; i++) {
-            bk.y_prev[i] = v_where(accept_mask, bk.y[i], bk.y_prev[i]);
-            bk.y_end[i] = v_where(accept_mask, y1[i], bk.y_end[i]);
-            bk.y[i] = v_where(accept_mask, y1[i], bk.y[i]);
+        if (want_dense) {  /* what write_outputs interpolates in; stale only where no lane reads it */
+            for (int i = 0; i < N; i++) {
+                bk.y_prev[i] = v_where(accept_mask, bk.y[i], bk.y_prev[i]);
+                bk.y_end[i] = v_where(accept_mask, y1[i], bk.y_end[i]);
+            }
+            for (int i = 0; i < 3 * N; i++) bk.dense[i] = v_where(accept_mask, dense[i], bk.dense[i]);
         }
-        for (int i = 0; i < 3 * N; i++) bk.dense[i] = v_where(accept_mask, dense[i], bk.dense[i]);
+        for (int i = 0; i < N; i++) bk.y[i] = v_where(accept_mask, y1[i], bk.y[i]);
         for (int l = 0; l < L; l++) {  /* the schedule entry an accepted clipped step landed on */
             Lane *ln = &lanes[l];
             if (accept_mask[l] && ln->clipped && ln->k < k_count && st[ln->pid * k_count + ln->k] <= ln->t)
