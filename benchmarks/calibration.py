@@ -16,7 +16,10 @@ Problems (all read by both tools from the same PEtab files):
   overrides, so it gets ``petab.flatten_timepoint_specific_output_overrides`` of the same files.
 
 Before timing, both tools evaluate the log-likelihood and log prior at the nominal parameters; the
-difference is reported (a ratio between tools that compute different things is worthless).
+difference is reported (a ratio between tools that compute different things is worthless). Each
+tool's MAP wall is the best of ``--repeats`` (default 3) identical fits in the same process, as the
+cohort benchmark takes the best of 3: on the shared 2-core machine one fit's wall moved by 1.5x from
+run to run.
 
 immunetwin: ``compile_objective(..., backend=--backend)`` + ``fit_map`` (L-BFGS-B, forward-sensitivity
 gradients) with N starts (the nominal point, then uniform draws in the bounds), after a first call
@@ -205,8 +208,13 @@ def immunetwin_map(yaml_path: Path, a: argparse.Namespace, clock: CompileClock) 
         # the start points' draw, and on the native backend the batched program of lockstep starts)
         fit_map(objective, key=jax.random.PRNGKey(a.seed), starts=a.starts, max_iterations=1)
     r["compile_s"] = r["setup_s"] + r["check_compile_s"] + r["first_fit_compile_s"]
-    with timed(clock, r, "map"):
-        fit = fit_map(objective, key=jax.random.PRNGKey(a.seed), starts=a.starts)
+    walls = []
+    for _ in range(a.repeats):  # the same fit each time: the best wall of --repeats
+        with timed(clock, r, "map"):
+            fit = fit_map(objective, key=jax.random.PRNGKey(a.seed), starts=a.starts)
+        walls.append((r["map_s"], r["map_compile_s"]))
+    r["map_s"], r["map_compile_s"] = min(walls)
+    r["map_walls_s"] = [w for w, _ in walls]
     evals = sum(s.evaluations for s in fit.starts)
     r |= {
         "ids": list(problem.free_ids), "nominal": nominal.tolist(), "lower": problem.lower.tolist(),
@@ -338,14 +346,17 @@ def pypesto_map(
     optimizer = optimize.ScipyOptimizer(
         method="L-BFGS-B", options={"maxiter": 500, "ftol": 1e-9, "gtol": 1e-8}
     )
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = optimize.minimize(
-            problem, optimizer, n_starts=len(starts), engine=SingleCoreEngine(), progress_bar=False,
-            options=optimize.OptimizeOptions(allow_failed_starts=True),
-        )  # fmt: skip
-    r["map_s"] = time.perf_counter() - t0
+    walls = []
+    for _ in range(a.repeats):  # the same fit each time: the best wall of --repeats
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = optimize.minimize(
+                problem, optimizer, n_starts=len(starts), engine=SingleCoreEngine(), progress_bar=False,
+                options=optimize.OptimizeOptions(allow_failed_starts=True),
+            )  # fmt: skip
+        walls.append(time.perf_counter() - t0)
+    r["map_s"], r["map_walls_s"] = min(walls), walls
     runs = result.optimize_result.list  # sorted, best first
     best = runs[0]
     x = problem.get_reduced_vector(np.asarray(best["x"]))
@@ -624,6 +635,12 @@ def main(argv: list[str] | None = None) -> None:
     add("--problems", help=f"comma-separated (default {','.join(DEFAULT_PROBLEMS)}; any collection problem)")
     add("--starts", type=int, help="MAP starts, the same for both tools (default 10; --quick 3)")
     add("--chains", type=int, default=4)
+    add(
+        "--repeats",
+        type=int,
+        default=3,
+        help="MAP timings: the best wall of this many identical fits, each tool",
+    )
     add("--draws", type=int, help="NUTS draws per chain (default 1000; --quick 50)")
     add("--warmup", type=int, help="NUTS warm-up per chain (default 1000; --quick 50)")
     add("--pypesto-draws", type=int, help="kept AdaptiveMetropolis draws per chain, after as many adaptation draws (default 2500; --quick 500)")  # fmt: skip
@@ -677,7 +694,8 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python benchmarks/calibration.py " + shlex.join(sys.argv[1:] if argv is None else argv),
         "method": (
             f"Same PEtab files, same {a.starts} L-BFGS-B start points (nominal + uniform in the bounds, seed "
-            f"{a.seed}), same options (maxiter 500, ftol 1e-9, gtol 1e-8), both objectives at rtol 1e-8 / atol 1e-10. "
+            f"{a.seed}), same options (maxiter 500, ftol 1e-9, gtol 1e-8), both objectives at rtol 1e-8 / atol 1e-10; "
+            f"MAP walls the best of {a.repeats} identical fits per tool. "
             f"Posterior: {a.chains} chains around immunetwin's MAP; immunetwin NUTS "
             f"{a.draws} draws after {a.warmup} warm-up ({_METRICS[a.metric]}); pyPESTO AdaptiveMetropolis {a.pypesto_draws} kept after "
             f"{a.pypesto_draws} adaptation; ESS/s = smallest bulk ESS / posterior wall. Ratios: pyPESTO time / "
