@@ -193,3 +193,13 @@ def test_source_is_deterministic_and_cached(tmp_path: object) -> None:
     spec = load_template("tumor_immune").model.spec
     assert native.c_source(spec, Rodas5P()) == native.c_source(spec, Rodas5P())
     assert native.build(spec, Rodas5P()) is native.build(spec, Rodas5P())  # built once per process
+
+
+def test_a_stage_input_is_reused_only_where_the_step_formed_it() -> None:
+    from immunetwin.engines.solvers import _rosenbrock_arrays
+
+    A = _rosenbrock_arrays(Rodas5P().tableau)[0]  # type: ignore[attr-defined]
+    assert [s for s in range(1, 9) if native._extends(A[s], A[s - 1], s)] == [6, 7, 8]
+    first = np.zeros(8)
+    first[0] = 1.0  # u1 = y + k0: stage 0 read y, so there is no u to add k0 to
+    assert not native._extends(first, np.zeros(8), 1)

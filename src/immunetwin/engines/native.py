@@ -23,11 +23,11 @@ about 1.7 us per patient-step on a core of the 2-core AMD EPYC for the 14-state 
 A thread steps :data:`LANES` patients at once, each one element of a GCC vector (``vector_size``):
 scalar C was latency-bound (the unrolled LU solve is one long dependency chain per patient: 1.9 us
 per step), four independent chains overlap (0.83 us) and, with AVX2, one instruction carries all four
-(0.37 us). A step also skips what nobody reads: the dense-output rows are formed only when an output
-time of some lane falls inside the step (29 daily outputs against ~345 steps), and the factorisation
-takes one reciprocal per pivot instead of one division per entry below it (with the first, 12 % less
-CPU time per ``viral_immune`` patient, ``benchmarks/README.md``). Control (outputs, step size, stops) is scalar per lane, and a lane whose patient finishes
-takes the next one at once, so patients never wait for a slower companion.
+(0.37 us). A step forms the dense-output rows only when an output time of some lane falls inside it
+(29 daily outputs against ~345 steps), and the factorisation takes one reciprocal per pivot instead of
+a division per entry below it: together 11.5 % less CPU per ``viral_immune`` patient
+(``benchmarks/README.md``). Control (outputs, step size, stops) is scalar per lane, and a lane whose
+patient finishes takes the next one at once, so patients never wait for a slower companion.
 
 The module is built once per model with cffi (API mode: a CPython extension, compiled by the C
 compiler Python was built with) and kept in ``<cache>/immunetwin-native`` under a key that hashes
@@ -467,10 +467,16 @@ def _combination(weights: Sequence[float], arrays: Sequence[str]) -> str:
 
 
 def _extends(row: np.ndarray, previous: np.ndarray, s: int) -> bool:
-    """Whether stage row ``row`` is ``previous`` plus 1 x k_{s-1}: then ``y + row @ K``, summed left to
-    right, is exactly ``(y + previous @ K) + k_{s-1}`` (Rodas5P's stages 7, 8 and its solution)."""
+    """Whether stage row ``row`` is ``previous`` (a stage input the step has formed in ``u``) plus
+    1 x k_{s-1}: then ``y + row @ K``, summed left to right, is exactly ``(y + previous @ K) +
+    k_{s-1}`` (Rodas5P's stages 7, 8 and its solution)."""
     return (
-        s > 0 and row[s - 1] == 1.0 and np.array_equal(row[: s - 1], previous[: s - 1]) and not row[s:].any()
+        s > 1
+        and previous[: s - 1].any()  # stage s-1 read u, not y
+        and not previous[s - 1 :].any()
+        and np.array_equal(row[: s - 1], previous[: s - 1])
+        and row[s - 1] == 1.0
+        and not row[s:].any()
     )
 
 
