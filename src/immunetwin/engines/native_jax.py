@@ -99,10 +99,8 @@ def _pack(*arrays: Any) -> Any:
     return _bits(jnp.concatenate([jnp.reshape(jnp.asarray(a, jnp.float64), (e, -1)) for a in arrays], axis=1))
 
 
-def _np_unpack(packed: Any, shapes: tuple[tuple[int, ...], ...]) -> tuple[np.ndarray, ...]:
-    """In the callback: :func:`_pack`'s bits (*batch, E, K, 2) -> the arrays, each
-    (*batch, E, *shape)."""
-    flat = _np_unbits(packed)
+def _split(flat: Any, shapes: tuple[tuple[int, ...], ...]) -> tuple[Any, ...]:
+    """``flat`` (*lead, K) (NumPy or JAX) -> its consecutive pieces, each (*lead, *shape)."""
     lead = flat.shape[:-1]
     out, at = [], 0
     for sh in shapes:
@@ -112,22 +110,21 @@ def _np_unpack(packed: Any, shapes: tuple[tuple[int, ...], ...]) -> tuple[np.nda
     return tuple(out)
 
 
+def _np_unpack(packed: Any, shapes: tuple[tuple[int, ...], ...]) -> tuple[np.ndarray, ...]:
+    """In the callback: :func:`_pack`'s bits (*batch, E, K, 2) -> the arrays, each
+    (*batch, E, *shape)."""
+    return _split(_np_unbits(packed), shapes)
+
+
 def _np_pack(*arrays: np.ndarray) -> np.ndarray:
-    """In the callback: arrays (*lead, ...) with the same leading axes -> one float64 bits array
-    (*lead, K, 2)."""
+    """In the callback: arrays (B, ...) with the same first axis -> one float64 bits array (B, K, 2)."""
     lead = arrays[0].shape[:1]
     return _np_bits(np.concatenate([np.reshape(a, (*lead, -1)).astype(np.float64) for a in arrays], axis=1))
 
 
 def _unpack(packed: Any, shapes: tuple[tuple[int, ...], ...]) -> tuple[Any, ...]:
     """:func:`_np_pack`'s bits (E, K, 2), in JAX -> the arrays, each (E, *shape)."""
-    flat = _unbits(packed)
-    out, at = [], 0
-    for sh in shapes:
-        size = math.prod(sh)
-        out.append(jnp.reshape(flat[:, at : at + size], (flat.shape[0], *sh)))
-        at += size
-    return tuple(out)
+    return _split(_unbits(packed), shapes)
 
 
 def _flat(a: np.ndarray, core: int) -> tuple[np.ndarray, tuple[int, ...]]:
