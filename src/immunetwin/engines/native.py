@@ -423,7 +423,8 @@ def c_source(spec: ModelSpec, method: AbstractMethod) -> str:
     out.append(f"static const int DSLOT[{max(1, n)}] = {{{', '.join(map(str, diag)) or '0'}}};")
     # the entries W starts from that the Jacobian does not write: diagonal ones it lacks (fill-in
     # entries are written by the factorisation itself)
-    zero = [slot[(i, i)] for i in range(n) if (i, i) not in set(terms.pattern)]
+    written = set(terms.pattern)
+    zero = [slot[(i, i)] for i in range(n) if (i, i) not in written]
     out.append(f"#define NZERO {len(zero)}")
     out.append(f"static const int ZSLOT[{max(1, len(zero))}] = {{{', '.join(map(str, zero)) or '0'}}};")
     out.append("static void lu_factor(vd *a, vd *r) {")
