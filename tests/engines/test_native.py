@@ -102,6 +102,19 @@ def test_doses_and_input_switches_are_exact_stops() -> None:
     assert nat[state][0, 6] > xla[state][2, 6]
 
 
+def test_an_output_reads_the_inputs_switched_at_or_before_its_time() -> None:
+    # outputs every 0.01 day against steps of ~0.1-1 day: many fall inside the step that ends at a
+    # switch (before it: the old value) and one at each switch (the new value)
+    model = it.load_model("model w\n  x' = -k * x + u\n  x = 1; k = 1; u = 0\nend\n")
+    times = np.linspace(0.0, 8.0, 801)
+    schedules = [it.Schedule.of([it.Input.window("u", 2.0, 5.0, 3.0)]), it.Schedule()]
+    xla = it.simulate_cohort(model, times, schedule=schedules, outputs=["x", "u"], backend="xla")
+    nat = it.simulate_cohort(model, times, schedule=schedules, outputs=["x", "u"], backend="native")
+    _assert_same(xla, nat)
+    on = (times >= 2.0) & (times < 5.0)
+    np.testing.assert_array_equal(np.asarray(nat["u"]), np.stack([np.where(on, 3.0, 0.0), np.zeros(801)]))
+
+
 def test_result_independent_of_chunk_threads_and_companions() -> None:
     model = load_template("viral_immune").model
     pars = _varied(

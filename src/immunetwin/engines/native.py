@@ -653,11 +653,18 @@ static void write_outputs(const Job *job, Lane *ln, const Block *bk, int l) {
         } else {
             for (int i = 0; i < N; i++) value[i] = bk->y[i][l];
         }
-        for (int i = 0; i < NC; i++) c[i] = ln->c0[i];
-        for (int64_t k = 0; k < job->k_count; k++)  /* constants at t: inputs switched at or before t */
-            for (int i = 0; i < NC; i++)
-                if (job->smask[(p * job->k_count + k) * NC + i] && job->st[p * job->k_count + k] <= t_out)
-                    c[i] = job->sval[(p * job->k_count + k) * NC + i];
+        /* constants at t_out: the inputs switched at or before it. Those are the lane's own when
+           the entries it has applied are exactly those at or before t_out (mostly: stops are rare) */
+        const double *st = job->st + p * job->k_count;
+        if ((ln->k == 0 || st[ln->k - 1] <= t_out) && (ln->k == job->k_count || st[ln->k] > t_out)) {
+            for (int i = 0; i < NC; i++) c[i] = bk->c[i][l];
+        } else {
+            for (int i = 0; i < NC; i++) c[i] = ln->c0[i];
+            for (int64_t k = 0; k < job->k_count; k++)
+                for (int i = 0; i < NC; i++)
+                    if (job->smask[(p * job->k_count + k) * NC + i] && st[k] <= t_out)
+                        c[i] = job->sval[(p * job->k_count + k) * NC + i];
+        }
         model_observe(t_out, value, c, q);
         double *row = job->out + (p * job->t_count + ln->j) * job->ncol;
         for (int64_t jj = 0; jj < job->ncol; jj++) row[jj] = q[job->cols[jj]];
