@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -184,15 +184,23 @@ def check_against_model(meta: TemplateMetadata, model: ModelStructure, where: st
 # ---------------------------------------------------------------------------------- trajectory maths
 
 
+@functools.lru_cache(maxsize=256)
+def _numpy_function(expr: sympy.Expr) -> tuple[tuple[str, ...], Callable[..., Any]]:
+    """The names ``expr`` reads (sorted) and its NumPy function of them, lambdified once (a
+    ``lambdify`` costs about a millisecond: a trial chunk evaluates every outcome's expression)."""
+    symbols = sorted(expr.free_symbols, key=lambda s: s.name)
+    return tuple(s.name for s in symbols), sympy.lambdify(symbols, expr, modules="numpy")
+
+
 def _evaluate(expr: sympy.Expr, traj: TrajectoryLike) -> np.ndarray:
     """An expression over a trajectory, shape ``(T,)`` or ``(B, T)`` like its states."""
     times = np.asarray(traj.times, dtype=float)
-    symbols = sorted(expr.free_symbols, key=lambda s: s.name)
-    args = [times if s.name == "time" else np.asarray(traj[s.name], dtype=float) for s in symbols]
+    names, function = _numpy_function(expr)
+    args = [times if name == "time" else np.asarray(traj[name], dtype=float) for name in names]
     shape = max((a.shape for a in args), key=len, default=times.shape)
     args = [a[..., None] if a.shape and a.shape == shape[:-1] else a for a in args]
     with np.errstate(all="ignore"):
-        out = sympy.lambdify(symbols, expr, modules="numpy")(*args)
+        out = function(*args)
     return np.broadcast_to(np.asarray(out, dtype=float), shape)
 
 
