@@ -204,8 +204,11 @@ class InProcess:
     Attributes:
         overlap: chunks in flight at once (threads). With 2, one chunk's endpoints are computed on
             the host (NumPy) while the next chunk is solved on the device. Default: 2 on a GPU or
-            other accelerator, 1 on a CPU (where both would share the same cores). The first chunk
-            always runs alone, so that its programs are compiled once. Results do not depend on it.
+            other accelerator and for the native backend (whose solver threads would otherwise
+            wait while the endpoints are computed: a 40,000-patient trial ran 3.5 % faster on the
+            2-core CPU), 1 for the XLA engine on a CPU (whose programs already use every core).
+            The first chunk always runs alone, so that its programs are compiled once. Results do
+            not depend on it.
     """
 
     overlap: int | None = None
@@ -220,11 +223,12 @@ class InProcess:
     ) -> Iterator[Callable[[Work, list[dict[str, np.ndarray]], Progress | None], list[ChunkResult]]]:
         import jax
 
-        overlap = self.overlap or (1 if jax.default_backend() == "cpu" else 2)
+        accelerator = jax.default_backend() != "cpu"
 
         def run(
             work: Work, chunks: list[dict[str, np.ndarray]], progress: Progress | None
         ) -> list[ChunkResult]:
+            overlap = self.overlap or (2 if accelerator or work.backend == "native" else 1)
             out: list[ChunkResult] = []
             size = len(next(iter(chunks[0].values())))
 
@@ -305,10 +309,16 @@ class DaskCluster:
                 addresses = sorted(info, key=lambda a: str(info[a].get("name")))
                 cores = _usable_cores()
                 blocks = share_cores(cores, len(addresses)) if self.pin_cores else None
+                plan = {}
                 for i, address in enumerate(addresses):
                     own = blocks[i] if blocks is not None else None
                     devices = self.cpu_devices or max(1, len(own) if own else len(cores) // len(addresses))
-                    client.run(setup_worker, devices, self.cache_dir, own, workers=[address])
+                    plan[address] = (devices, own)
+                # one call, so the workers set themselves up at the same time: each imports the
+                # engine (~3 s on the 2-core machine), and a call per worker waited for each in turn
+                # (2 workers: 6.4 s, now 2.9 s) unless the client's main module had imported it
+                # (a spawned worker re-imports that module)
+                client.run(_setup_planned, plan, self.cache_dir)
             yield client
 
     @contextlib.contextmanager
@@ -367,6 +377,15 @@ def setup_worker(cpu_devices: int | None, cache_dir: str | None, cores: tuple[in
         use_all_cpu_cores(cpu_devices)
     if cache_dir:
         enable_compilation_cache(Path(cache_dir))
+
+
+def _setup_planned(
+    plan: Mapping[str, tuple[int, tuple[int, ...] | None]], cache_dir: str | None, dask_worker: Any
+) -> None:
+    """:func:`setup_worker` with this worker's own entry of ``plan`` (address -> devices, cores);
+    Dask passes ``dask_worker``."""
+    devices, cores = plan[dask_worker.address]
+    setup_worker(devices, cache_dir, cores)
 
 
 def share_cores(cores: tuple[int, ...], workers: int) -> list[tuple[int, ...]] | None:
