@@ -31,7 +31,11 @@ the starts run in lockstep, their points solved together as lanes of one native 
 Then ``sample_posterior`` (NUTS, 4 chains x 1,000 draws after 1,000 warm-up; ``--metric adapt``,
 the default: NumPyro's adapted diagonal metric from pyPESTO's starts; ``--metric laplace``: a dense
 metric from the Laplace approximation at the MAP, held fixed, and starts drawn from it), in a child
-process killed after ``--max-seconds``; it is not started when ``seconds per value+grad x chains x (warm-up + draws) x 10`` (leapfrog steps per iteration; 15-59 were
+process killed after ``--max-seconds``. ``--chain-method parallel`` (default): the child shows JAX one
+CPU device per core (``use_all_cpu_cores``) and runs each chain as its own program, the chains spread
+over the cores (pyPESTO's sampler runs its chains one after another on one core: the posterior
+walls compare the tools as each is used, not per core); ``vectorized``: the 4 chains in lockstep as one
+batched program on one device. NUTS is not started when ``seconds per value+grad x chains x (warm-up + draws) x 10`` (leapfrog steps per iteration; 15-59 were
 measured on viral_tiv) exceeds ``--max-seconds``. The table says which.
 
 pyPESTO 0.7 without AMICI: ``PetabImporter(petab_problem, simulator_type="roadrunner")`` (CVODE at
@@ -242,7 +246,7 @@ def immunetwin_posterior(r: dict[str, Any], yaml_path: Path, a: argparse.Namespa
     inits = r["theta"] if a.metric == "laplace" else r["chain_starts"]  # laplace: starts drawn around the MAP
     spec = {"yaml": str(yaml_path), "inits": inits, "seed": a.seed + 1, "chains": a.chains, "metric": a.metric,
             "draws": a.draws, "warmup": a.warmup, "cache": str(cache), "out": str(cache.parent / "nuts.json"),
-            "backend": a.backend}  # fmt: skip
+            "backend": a.backend, "chain_method": a.chain_method}  # fmt: skip
     spec_path = cache.parent / "nuts-spec.json"
     spec_path.write_text(json.dumps(spec))
     try:
@@ -258,7 +262,8 @@ def immunetwin_posterior(r: dict[str, Any], yaml_path: Path, a: argparse.Namespa
     r |= json.loads(Path(spec["out"]).read_text())
     r["ess_per_s"] = r["ess_bulk_min"] / r["posterior_s"]
     r["posterior_note"] = (
-        f"NUTS {a.chains} x {a.draws} after {a.warmup} warm-up ({_METRICS[a.metric]}); wall {r['posterior_s']:.1f} s includes "
+        f"NUTS {a.chains} x {a.draws} after {a.warmup} warm-up ({_METRICS[a.metric]}; chain_method "
+        f"'{r['chain_method']}' on {r['devices']} CPU device(s)); wall {r['posterior_s']:.1f} s includes "
         f"{r['posterior_compile_s']:.1f} s compile; {r['leapfrog_mean']:.1f} leapfrog steps per iteration on "
         f"average; max R-hat {r['rhat_max']:.3f}, min ESS bulk/tail {r['ess_bulk_min']:.0f}/"
         f"{r['ess_tail_min']:.0f}, {r['divergences']} divergences"
@@ -272,10 +277,13 @@ def nuts_child(spec_path: Path) -> None:
     from immunetwin.inference import compile_objective
     from immunetwin.inference.posterior import sample_posterior
     from immunetwin.io.petab import read_petab
-    from immunetwin.runtime import compile_small_loops_whole, enable_compilation_cache
+    from immunetwin.runtime import compile_small_loops_whole, enable_compilation_cache, use_all_cpu_cores
 
     compile_small_loops_whole()
     spec = json.loads(spec_path.read_text())
+    method = spec.get("chain_method", "vectorized")
+    if method == "parallel":  # one JAX CPU device per core, before JAX starts: the chains spread over them
+        use_all_cpu_cores()
     enable_compilation_cache(Path(spec["cache"]))
     clock, r = CompileClock(), {}
     objective = compile_objective(read_petab(spec["yaml"]), backend=spec.get("backend", "xla"))
@@ -284,11 +292,12 @@ def nuts_child(spec_path: Path) -> None:
         post = sample_posterior(
             objective, key=jax.random.PRNGKey(spec["seed"]), chains=spec["chains"], draws=spec["draws"],
             warmup=spec["warmup"], init=np.asarray(spec["inits"]), metric=spec["metric"],
-            dense_mass=spec["metric"] == "laplace",
+            dense_mass=spec["metric"] == "laplace", chain_method=method,
         )  # fmt: skip
     r |= diagnostics(post.idata.posterior["theta"].values)
     r |= {"converged": post.converged, "divergences": post.divergences, "posterior_warnings": list(post.warnings),
-          "leapfrog_mean": float(post.idata.sample_stats["n_steps"].mean())}  # fmt: skip
+          "leapfrog_mean": float(post.idata.sample_stats["n_steps"].mean()),
+          "chain_method": method, "devices": len(jax.local_devices())}  # fmt: skip
     Path(spec["out"]).write_text(json.dumps(r, default=float))
 
 
@@ -645,6 +654,12 @@ def main(argv: list[str] | None = None) -> None:
     add("--warmup", type=int, help="NUTS warm-up per chain (default 1000; --quick 50)")
     add("--pypesto-draws", type=int, help="kept AdaptiveMetropolis draws per chain, after as many adaptation draws (default 2500; --quick 500)")  # fmt: skip
     add("--posterior", action=argparse.BooleanOptionalAction, default=True)
+    add(
+        "--chain-method",
+        choices=("parallel", "vectorized", "sequential"),
+        default="parallel",
+        help="sample_posterior's chain_method (default parallel: the chains spread over one JAX CPU device per core)",
+    )
     add(
         "--metric", choices=sorted(_METRICS), default="adapt", help="NUTS metric (sample_posterior's metric=)"
     )

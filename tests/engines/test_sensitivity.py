@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from enzyme import ENZYME
 from immunetwin import Controls, load_model
 from immunetwin.engines import native
 from immunetwin.engines.sensitivity import sensitivity_spec
@@ -13,19 +14,6 @@ from immunetwin.errors import InputError
 
 CTL = Controls(rtol=1e-10, atol=1e-12)
 TIMES = np.array([0.0, 0.5, 1.0, 2.0, 4.0, 8.0])
-
-# Michaelis-Menten in a compartment of size 2: species stored as amounts, values are concentrations,
-# a rate through an assignment rule (the chain rule runs through derived quantities)
-ENZYME = """
-model enzyme
-  compartment C = 2
-  species S in C, P in C
-  S = 10; P = 0
-  J1: S -> P; C * vmax_eff * S / (Km + S)
-  vmax_eff := Vm * (1 + P / (P + Ki))
-  Vm = 1.5; Km = 3; Ki = 4
-end
-"""
 
 
 def _solve(spec, y0, c, dy0, dc):

@@ -1,12 +1,15 @@
-"""The native backend called from JAX programs: solves as ``jax.pure_callback``.
+"""The native backend called from JAX programs.
 
 Calibration objectives (:func:`immunetwin.inference.compile_objective` with ``backend="native"``)
 stay JAX functions of ``theta`` (jit-able, and ``jax.vmap``-able over chains or points) while the
-solves run in the model's generated C (:mod:`immunetwin.engines.native`). Every batch axis JAX adds
-(experiments, chains, points) becomes lanes of one native call (``vmap_method="broadcast_all"``), so
-four vectorised NUTS chains are solved four to a GCC vector.
+solves run in the model's generated C (:mod:`immunetwin.engines.native`). The program reaches the C
+through XLA FFI custom calls (:mod:`immunetwin.engines.native_ffi`: no Python on the way), or through
+``jax.pure_callback`` where those handlers cannot be built; both solve the same rows with the same
+solvers and give the same bits. Every batch axis JAX adds (experiments, chains, points) becomes lanes
+of one native call (``vmap_method="broadcast_all"``), so four vectorised NUTS chains are solved four
+to a GCC vector.
 
-The callbacks are not differentiable by JAX; derivatives come from the sensitivity solve
+The calls are not differentiable by JAX; derivatives come from the sensitivity solve
 (:meth:`NativeFunctions.sensitivities`), which the objective combines with reverse mode through the
 observables.
 """
@@ -15,16 +18,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from immunetwin.engines import native
+from immunetwin.engines import native, native_ffi
 from immunetwin.engines.integrate import Controls
 from immunetwin.engines.sensitivity import SensitivitySpec
 from immunetwin.engines.solvers import AbstractMethod
+from immunetwin.errors import InputError
 from immunetwin.spec.model import ModelSpec
 
 __all__ = ["NativeFunctions"]
@@ -133,6 +137,17 @@ def _flat(a: np.ndarray, core: int) -> tuple[np.ndarray, tuple[int, ...]]:
     return np.ascontiguousarray(a.reshape((-1, *a.shape[a.ndim - core :])), dtype=np.float64), lead
 
 
+@dataclass(frozen=True)
+class _FfiKeys:
+    """The registered solvers' keys (:func:`immunetwin.engines.native_ffi.add_solver`): the plain
+    solver's, the sensitivity solver's, and per point count below the lanes the split solver's ('' for
+    none), comma-separated."""
+
+    values: str
+    full: str
+    split: str
+
+
 @dataclass(frozen=True, eq=False)
 class NativeFunctions:
     """JAX-callable native solves of one model with one method and tolerances.
@@ -152,19 +167,44 @@ class NativeFunctions:
     n_quantities: int
     spec: ModelSpec | None = None
     method: AbstractMethod | None = None
+    ffi_keys: _FfiKeys | None = None
 
     @classmethod
     def build(
-        cls, spec: ModelSpec, method: AbstractMethod, controls: Controls, directions: int
+        cls,
+        spec: ModelSpec,
+        method: AbstractMethod,
+        controls: Controls,
+        directions: int,
+        *,
+        bridge: Literal["ffi", "callback"] = "ffi",
     ) -> NativeFunctions:
         """Generate and build (or load from the cache) both solvers; refuses what the native backend
-        cannot do (:func:`immunetwin.engines.native.check_supported`)."""
+        cannot do (:func:`immunetwin.engines.native.check_supported`).
+
+        ``bridge``: how the compiled program reaches the solvers. ``"ffi"``: XLA FFI custom calls
+        (:mod:`immunetwin.engines.native_ffi`), or ``jax.pure_callback`` where those cannot be built
+        on this machine; ``"callback"``: ``jax.pure_callback``. Both give the same numbers."""
+        if bridge not in ("ffi", "callback"):
+            raise InputError(f"bridge must be 'ffi' or 'callback', got '{bridge}'")
         plain = native.build(spec, method)
         sens = native.build_sensitivities(spec, method, directions) if directions > 0 else None
+        split: list[tuple[native.NativeSolver, SensitivitySpec] | None] = []
         for b in range(1, native.LANES):  # the split solvers of small batches, now rather than mid-fit
-            if directions > 0 and _groups(b, directions)[0] > 1:
-                native.build_sensitivities(spec, method, _groups(b, directions)[1])
-        return cls(plain, sens, controls, len(spec.quantities), spec, method)
+            groups, per = _groups(b, directions) if directions > 0 else (1, 0)
+            split.append(native.build_sensitivities(spec, method, per) if groups > 1 else None)
+        lib = native_ffi.handlers() if bridge == "ffi" else None
+        keys = None
+        if lib is not None:
+            sens_key = lambda s: native_ffi.add_solver(  # noqa: E731
+                lib, s[0], s[1].state_columns + s[1].sensitivity_columns
+            )
+            keys = _FfiKeys(
+                values=native_ffi.add_solver(lib, plain),
+                full=sens_key(sens) if sens is not None else "",
+                split=",".join(sens_key(s) if s is not None else "" for s in split),
+            )
+        return cls(plain, sens, controls, len(spec.quantities), spec, method, keys)
 
     def _solve_sensitivities(self, *arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`_solve_sensitivities_unique` of the distinct rows only (a lockstep fit pads its
@@ -224,6 +264,23 @@ class NativeFunctions:
         """Every quantity at the times: ``ts`` (E, T), ``y0`` (E, n), ``c`` (E, nc) -> values
         (E, T, Q) and status (E,) (0: solved; :data:`~immunetwin.engines.integrate.STATUS`)."""
         e, t_count = ts.shape
+        if self.ffi_keys is not None:
+            ctl = self.controls
+            values, status = jax.ffi.ffi_call(
+                native_ffi.VALUES,
+                (
+                    jax.ShapeDtypeStruct((e, t_count, self.n_quantities), jnp.float64),
+                    jax.ShapeDtypeStruct((e,), jnp.int32),
+                ),
+                vmap_method="broadcast_all",
+            )(
+                *(jnp.asarray(a, jnp.float64) for a in (ts, y0, c)),
+                key=self.ffi_keys.values,
+                rtol=np.float64(ctl.rtol),
+                atol=np.float64(ctl.atol),
+                max_steps=np.int64(ctl.max_steps),
+            )
+            return values, status
         shapes = ((t_count,), (y0.shape[-1],), (c.shape[-1],))
 
         def call(packed: Any) -> np.ndarray:
@@ -249,6 +306,28 @@ class NativeFunctions:
         _, spec = self.sens
         e, t_count = ts.shape
         n, nc, dirs = y0.shape[-1], c.shape[-1], spec.directions
+        if self.ffi_keys is not None:
+            ctl = self.controls
+            return jax.ffi.ffi_call(  # type: ignore[no-any-return]
+                native_ffi.SENSITIVITIES,
+                (
+                    jax.ShapeDtypeStruct((e, t_count, n), jnp.float64),
+                    jax.ShapeDtypeStruct((e, t_count, n, dirs), jnp.float64),
+                    jax.ShapeDtypeStruct((e,), jnp.int32),
+                ),
+                vmap_method="broadcast_all",
+            )(
+                *(jnp.asarray(a, jnp.float64) for a in (ts, y0, c, dy0, dc)),
+                full=self.ffi_keys.full,
+                split=self.ffi_keys.split,
+                directions=np.int64(dirs),
+                n=np.int64(n),
+                nc=np.int64(nc),
+                rtol=np.float64(ctl.rtol),
+                atol=np.float64(ctl.atol),
+                max_steps=np.int64(ctl.max_steps),
+                threads=np.int64(native._threads()),
+            )
         shapes = ((t_count,), (n,), (nc,), (n, dirs), (nc, dirs))
 
         def call(packed: Any) -> np.ndarray:
