@@ -6,7 +6,12 @@
 * ``"parallel"``: one program per chain, the chains spread over the process's JAX devices (for
   example the CPU cores that :func:`immunetwin.runtime.use_all_cpu_cores` shows as devices), one
   thread per device running its chains one after another. NumPyro's own ``parallel`` method needs as
-  many devices as chains; this one queues the rest. Each chain is the same single-chain program with
+  many devices as chains; this one queues the rest. The threads run at once where the potential holds
+  no Python lock: the XLA engine, and the native backend through its FFI calls
+  (:mod:`immunetwin.engines.native_ffi`; through ``jax.pure_callback`` each solve took the GIL and the
+  chains mostly waited for each other). ``viral_tiv`` on one patient, native, dense adapted metric,
+  4 x 1,000 draws after 1,000 warm-up on the 2-core AMD EPYC: 29.0 s on two devices against 48.6 s
+  vectorised on one (``benchmarks/README.md``). Each chain is the same single-chain program with
   the same key whatever the number of devices, so its draws do not depend on the device count (on one
   kind of device); they differ from the ``vectorized`` draws at rounding level and then beyond,
   because XLA:CPU rounds a batch's partial vector blocks differently (see
