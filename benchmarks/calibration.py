@@ -564,10 +564,16 @@ def problem_markdown(p: dict[str, Any]) -> list[str]:
             f"{p['log_prior_offset']:.4g} at the nominal point, {p['log_prior_offset_at_map']:.4g} at the MAP"
             " (equal: a constant, the same posterior)."
         )
-        gap = pp["neg_llh"] - it["neg_llh"]
+        # both tools maximise the log posterior (log-likelihood + log prior); the priors differ by the
+        # constant log_prior_offset, so the optima compare on log posterior - offset
+        gap = (it["objective"] - p["log_prior_offset"]) - pp["objective"]
         if abs(gap) > 0.1:
-            better = "immunetwin" if gap > 0 else "pyPESTO"
-            lines.append(f"- From the same starts the best optima differ: {better} reached a -log-lik lower by {abs(gap):.3g}.")  # fmt: skip
+            better, worse = ("immunetwin", "pyPESTO") if gap > 0 else ("pyPESTO", "immunetwin")
+            lines.append(
+                f"- From the same starts the best MAPs differ: {better}'s log posterior is higher by {abs(gap):.3g} "
+                f"(-log-lik immunetwin {it['neg_llh']:.4f}, pyPESTO {pp['neg_llh']:.4f}; log prior immunetwin "
+                f"{it['log_prior'] - p['log_prior_offset']:.4f}, pyPESTO {pp['log_prior']:.4f}, on pyPESTO's constant)."
+            )
     else:
         lines.append(f"- pyPESTO could not run this problem: `{p.get('pypesto_error')}`")
     if "prior_rewrite_max_diff" in p:
