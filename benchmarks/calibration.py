@@ -568,7 +568,7 @@ def problem_markdown(p: dict[str, Any]) -> list[str]:
         # constant log_prior_offset, so the optima compare on log posterior - offset
         gap = (it["objective"] - p["log_prior_offset"]) - pp["objective"]
         if abs(gap) > 0.1:
-            better, worse = ("immunetwin", "pyPESTO") if gap > 0 else ("pyPESTO", "immunetwin")
+            better = "immunetwin" if gap > 0 else "pyPESTO"
             lines.append(
                 f"- From the same starts the best MAPs differ: {better}'s log posterior is higher by {abs(gap):.3g} "
                 f"(-log-lik immunetwin {it['neg_llh']:.4f}, pyPESTO {pp['neg_llh']:.4f}; log prior immunetwin "
