@@ -64,3 +64,34 @@ def test_unknown_chain_methods_are_refused_by_name() -> None:
         InputError, match="chain_method must be one of 'vectorized', 'sequential', 'parallel', got 'pmap'"
     ):
         check_chain_method("pmap")
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_compiled_init_equals_numpyro_eager_init(dense: bool) -> None:
+    import jax
+    import jax.numpy as jnp
+    from numpyro.infer import NUTS
+
+    from immunetwin.inference.chains import CompiledInitNUTS
+
+    scale = jnp.array([0.01, 0.003, 0.04])
+
+    def potential(u):  # a correlated Gaussian
+        return 0.5 * jnp.sum((u / scale) ** 2) + 40.0 * u[0] * u[1]
+
+    with jax.enable_x64(True):
+        key, start = jax.random.PRNGKey(5), jnp.array([[0.003, -0.001, 0.02], [0.01, 0.001, -0.005]])
+        keys = jax.random.split(key, 2)
+        states = [
+            kind(potential_fn=potential, dense_mass=dense).init(keys, 200, init_params=start)
+            for kind in (NUTS, CompiledInitNUTS)
+        ]
+    eager, compiled = (jax.tree.leaves(s) for s in states)
+    assert len(eager) == len(compiled)
+    for a, b in zip(eager, compiled, strict=True):
+        np.testing.assert_allclose(
+            np.asarray(b, dtype=float), np.asarray(a, dtype=float), rtol=1e-12, atol=1e-14
+        )
+    with jax.enable_x64(True):
+        expected = jax.vmap(potential)(start)
+    np.testing.assert_allclose(np.asarray(states[1].potential_energy), np.asarray(expected), rtol=1e-14)

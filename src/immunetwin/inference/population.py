@@ -67,7 +67,7 @@ from immunetwin.engines.codegen import compile_expressions, quantity_index
 from immunetwin.engines.integrate import Controls, solve_one
 from immunetwin.engines.solvers import AbstractMethod, Rodas5P
 from immunetwin.errors import InputError, UnknownIdError
-from immunetwin.inference.chains import ChainMethod, check_chain_method, run_chains
+from immunetwin.inference.chains import ChainMethod, CompiledInitNUTS, check_chain_method, run_chains
 from immunetwin.inference.population_fit import (
     ESS_MIN,
     NUTS_FIELDS,
@@ -612,7 +612,9 @@ def fit_population(
             options = {"dense_mass": dense_mass}
 
         def kernel() -> NUTS:
-            return NUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth, **options)
+            return CompiledInitNUTS(
+                model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth, **options
+            )
 
         samples, extra = run_chains(
             kernel, key=k_run, init=init, chains=chains, warmup=warmup, draws=draws,

@@ -47,7 +47,7 @@ from numpyro.infer import NUTS
 
 from immunetwin.engines.xla import jit
 from immunetwin.errors import InputError
-from immunetwin.inference.chains import ChainMethod, check_chain_method, run_chains
+from immunetwin.inference.chains import ChainMethod, CompiledInitNUTS, check_chain_method, run_chains
 from immunetwin.inference.likelihood import (
     Objective,
     forward_value_and_grad,
@@ -428,7 +428,7 @@ def sample_posterior(
             u0, fixed = _initial_u(problem, init, key_init, chains, init_jitter), {}
 
         def kernel() -> NUTS:
-            return NUTS(
+            return CompiledInitNUTS(
                 potential_fn=potential, target_accept_prob=target_accept, dense_mass=dense_mass, **fixed
             )
 
