@@ -23,7 +23,7 @@ import jax
 import test_posterior as tp
 from immunetwin.inference.likelihood import compile_objective
 from immunetwin.inference.posterior import sample_posterior
-objective = compile_objective(tp.problem.__wrapped__())
+objective = compile_objective(tp.problem.__wrapped__(), backend="{backend}")
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     fit = sample_posterior(objective, key=jax.random.PRNGKey(11), chains=3, draws=40, warmup=40,
@@ -34,10 +34,10 @@ print(json.dumps({{"devices": jax.local_device_count(), "theta": post.tolist(),
 """
 
 
-def _run(devices: int, method: str) -> dict:
+def _run(devices: int, method: str, backend: str = "xla") -> dict:
     here = str(Path(__file__).parent)
     done = subprocess.run(
-        [sys.executable, "-c", CHILD.format(devices=devices, here=here, method=method)],
+        [sys.executable, "-c", CHILD.format(devices=devices, here=here, method=method, backend=backend)],
         capture_output=True,
         text=True,
         check=False,
@@ -46,8 +46,10 @@ def _run(devices: int, method: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_parallel_chains_are_the_same_on_one_or_two_devices() -> None:
-    one, two = _run(1, "parallel"), _run(2, "parallel")
+# the native backend: its solves are FFI calls that two devices' programs make at once
+@pytest.mark.parametrize("backend", ["xla", "native"])
+def test_parallel_chains_are_the_same_on_one_or_two_devices(backend: str) -> None:
+    one, two = _run(1, "parallel", backend), _run(2, "parallel", backend)
     assert (one["devices"], two["devices"]) == (1, 2)
     theta = np.asarray(one["theta"])
     assert theta.shape == (3, 40, 2) and np.isfinite(theta).all()
