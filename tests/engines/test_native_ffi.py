@@ -156,3 +156,24 @@ def test_without_a_cxx_compiler_the_handlers_say_why(monkeypatch) -> None:
 def test_unknown_bridge_is_refused(spec) -> None:
     with pytest.raises(InputError, match="bridge must be 'ffi' or 'callback', got 'pipe'"):
         NativeFunctions.build(spec, Rodas5P(), CTL, DIRECTIONS, bridge="pipe")  # type: ignore[arg-type]
+
+
+@needs_ffi
+def test_a_damaged_cached_build_is_built_again(tmp_path, monkeypatch) -> None:
+    import jax
+
+    from immunetwin.engines import native
+
+    monkeypatch.setattr(jax.ffi, "register_ffi_target", lambda *a, **k: None)  # registered already
+    (first := tmp_path / "first").mkdir()
+    monkeypatch.setattr(native, "_cache_dir", lambda: first)
+    lib, why = native_ffi._load.__wrapped__()  # a build into an empty folder gives the file's name
+    assert lib is not None, why
+    (built,) = first.glob("_immunetwin_ffi_*.so")
+    (cache := tmp_path / "cache").mkdir()
+    damaged = cache / built.name
+    damaged.write_bytes(b"not a shared object")  # never loaded: a loaded library must not be rewritten
+    monkeypatch.setattr(native, "_cache_dir", lambda: cache)
+    lib, why = native_ffi._load.__wrapped__()
+    assert lib is not None, why
+    assert damaged.read_bytes()[:4] == b"\x7fELF"

@@ -102,12 +102,18 @@ def _load() -> tuple[Any, str]:
     name = f"_immunetwin_ffi_{key}.so"
     path = native._cache_dir() / name
     try:
-        if not path.is_file():
+        lib = None
+        if path.is_file():
+            try:
+                lib = ctypes.CDLL(str(path))
+            except OSError:  # a truncated or foreign file in the cache: build it again
+                lib = None
+        if lib is None:
             try:
                 _build(path, source, include, cxx)
             except PermissionError:  # the cache folder is not writable: this process's own folder
                 path = _build(Path(tempfile.mkdtemp(prefix="immunetwin-ffi-")) / name, source, include, cxx)
-        lib = ctypes.CDLL(str(path))
+            lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as exc:
         return None, str(exc)
     lib.itn_ffi_add.argtypes = [
