@@ -122,7 +122,14 @@ def test_ffi_unknown_solver_is_refused_by_key(spec) -> None:
     )
     with jax.enable_x64(True), pytest.raises(Exception, match="no-such-solver is not loaded"):
         jax.block_until_ready(
-            call(*map(jnp.asarray, (ts, y0, c)), key="no-such-solver", rtol=1e-6, atol=1e-9, max_steps=10)
+            call(
+                *map(jnp.asarray, (ts, y0, c)),
+                key="no-such-solver",
+                rtol=1e-6,
+                atol=1e-9,
+                max_steps=10,
+                threads=1,
+            )
         )
 
 
@@ -141,7 +148,7 @@ def test_ffi_refuses_arrays_that_do_not_fit_the_solver(bridges, spec, states, qu
         jax.block_until_ready(
             call(
                 *map(jnp.asarray, (ts, y0[:, :states], c)),
-                key=bridges["ffi"].ffi_keys.values, rtol=1e-6, atol=1e-9, max_steps=10,
+                key=bridges["ffi"].ffi_keys.values, rtol=1e-6, atol=1e-9, max_steps=10, threads=1,
             )
         )  # fmt: skip
 

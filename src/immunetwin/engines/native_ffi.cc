@@ -113,7 +113,8 @@ void solve_rows(const Solver &s, int64_t rows, int64_t t_count, const double *ts
 
 ffi::Error Values(ffi::Buffer<ffi::F64> ts, ffi::Buffer<ffi::F64> y0, ffi::Buffer<ffi::F64> c,
                   ffi::ResultBuffer<ffi::F64> values, ffi::ResultBuffer<ffi::S32> status,
-                  std::string_view key, double rtol, double atol, int64_t max_steps) {
+                  std::string_view key, double rtol, double atol, int64_t max_steps,
+                  int64_t threads) {
   Solver s;
   if (!find(key, &s))
     return ffi::Error(ffi::ErrorCode::kNotFound,
@@ -136,8 +137,8 @@ ffi::Error Values(ffi::Buffer<ffi::F64> ts, ffi::Buffer<ffi::F64> y0, ffi::Buffe
     std::memcpy(&c_u[r * nc], c.typed_data() + first[r] * nc, nc * sizeof(double));
   }
   std::vector<int64_t> st(u, 0);
-  solve_rows(s, u, t_count, t_u.data(), y_u.data(), c_u.data(), rtol, atol, max_steps, 1, out.data(),
-             st.data());
+  solve_rows(s, u, t_count, t_u.data(), y_u.data(), c_u.data(), rtol, atol, max_steps, threads,
+             out.data(), st.data());
   double *v = values->typed_data();
   int32_t *code = status->typed_data();
   for (int64_t i = 0; i < rows; i++) {
@@ -266,7 +267,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ItnValues, Values,
                                   .Attr<std::string_view>("key")
                                   .Attr<double>("rtol")
                                   .Attr<double>("atol")
-                                  .Attr<int64_t>("max_steps"));
+                                  .Attr<int64_t>("max_steps")
+                                  .Attr<int64_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ItnSensitivities, Sensitivities,
                               ffi::Ffi::Bind()

@@ -279,6 +279,7 @@ class NativeFunctions:
                 rtol=np.float64(ctl.rtol),
                 atol=np.float64(ctl.atol),
                 max_steps=np.int64(ctl.max_steps),
+                threads=np.int64(native._threads()),
             )
             return values, status
         shapes = ((t_count,), (y0.shape[-1],), (c.shape[-1],))
