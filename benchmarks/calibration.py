@@ -28,10 +28,15 @@ merged) is reported apart. ``--backend native`` (default): the model and its for
 equations as generated C (built, or loaded from the cache, in the setup, which is not timed), and
 the starts run in lockstep, their points solved together as lanes of one native call;
 ``--backend xla``: the JAX engine differentiated by ``jax.jacfwd``, starts one after another.
-Then ``sample_posterior`` (NUTS, 4 chains x 1,000 draws after 1,000 warm-up; ``--metric adapt``,
-the default: NumPyro's adapted diagonal metric from pyPESTO's starts; ``--metric laplace``: a dense
-metric from the Laplace approximation at the MAP, held fixed, and starts drawn from it), in a child
-process killed after ``--max-seconds``. ``--chain-method parallel`` (default): the child shows JAX one
+Then ``sample_posterior`` (NUTS, 4 chains x 1,000 draws after 1,000 warm-up, from pyPESTO's
+starts; ``--metric dense``, the default: NumPyro's adapted dense metric; ``adapt``: the adapted
+diagonal metric, which ``viral_tiv`` gets by default (``--problem-metric``; ``PROBLEM_METRICS``
+says why); ``laplace``: a dense metric from the Laplace approximation at the MAP, held fixed, and
+starts drawn from it), in a child process killed after ``--max-seconds``. Both samplers solve at
+``--posterior-rtol`` / ``--posterior-atol`` (default 1e-6 / 1e-8, the class of Stan's ODE defaults;
+the MAPs at 1e-8 / 1e-10), and the report gives the largest change of the log-likelihood from those
+tolerances to the MAP's over 200 of each tool's draws: the error the looser solves put in the
+density the sampler saw. ``--chain-method parallel`` (default): the child shows JAX one
 CPU device per core (``use_all_cpu_cores``) and runs each chain as its own program, the chains spread
 over the cores (pyPESTO's sampler runs its chains one after another on one core: the posterior
 walls compare the tools as each is used, not per core); ``vectorized``: the 4 chains in lockstep as one
@@ -39,7 +44,7 @@ batched program on one device. NUTS is not started when ``seconds per value+grad
 measured on viral_tiv) exceeds ``--max-seconds``. The table says which.
 
 pyPESTO 0.7 without AMICI: ``PetabImporter(petab_problem, simulator_type="roadrunner")`` (CVODE at
-immunetwin's calibration tolerances, rtol 1e-8, atol 1e-10), ``optimize.minimize`` with
+immunetwin's calibration tolerances, rtol 1e-8, atol 1e-10, for the MAP), ``optimize.minimize`` with
 ``ScipyOptimizer("L-BFGS-B")`` and the same options and the *same start points* (``x_guesses``);
 its RoadRunner objective has no sensitivities, so scipy differentiates by 2-point forward
 differences (n + 1 simulations per gradient). Posterior: ``AdaptiveMetropolisSampler`` (no gradient,
@@ -82,7 +87,13 @@ TARGET_MAP_S, TARGET_POSTERIOR_S, TARGET_RATIO = 2.0, 60.0, 5.0
 _METRICS = {
     "laplace": "dense Laplace metric at the MAP, held fixed; starts drawn from the Laplace Gaussian",
     "adapt": "diagonal metric adapted in warm-up; starts as pyPESTO's",
+    "dense": "dense metric adapted in warm-up; starts as pyPESTO's",
 }
+# viral_tiv: with the adapted dense metric the smallest tail ESS of 4 x 1,000 draws was 231-405 in six
+# runs (five below the 400 that convergence asks), with the diagonal one 413-868 in three
+# (benchmarks/README.md, "Sampling tolerances and metrics")
+PROBLEM_METRICS: tuple[tuple[str, str], ...] = (("viral_tiv", "adapt"),)
+TOLERANCE_DRAWS = 200  # posterior draws at which the sampling tolerances are checked against the MAP's
 LEAPFROG = 10  # leapfrog steps per NUTS iteration assumed by the skip rule (viral_tiv, ke01: 15-59 measured)
 AGREE = 1e-3  # |llh_a - llh_b| <= AGREE * (1 + |llh_b|): AMICI's rule for the benchmark collection
 _LN10 = math.log(10.0)
@@ -231,7 +242,14 @@ def immunetwin_map(yaml_path: Path, a: argparse.Namespace, clock: CompileClock) 
     return r
 
 
-def immunetwin_posterior(r: dict[str, Any], yaml_path: Path, a: argparse.Namespace, cache: Path) -> None:
+def metric_of(name: str, a: argparse.Namespace) -> str:
+    """The NUTS metric for problem ``name``: its ``--problem-metric``, else ``--metric``."""
+    return dict(a.problem_metric).get(name, a.metric)
+
+
+def immunetwin_posterior(
+    name: str, r: dict[str, Any], yaml_path: Path, a: argparse.Namespace, cache: Path
+) -> None:
     """NUTS in a child process (same persistent compilation cache), killed after ``--max-seconds``;
     not started when ``--leapfrog`` gradient evaluations per iteration would take longer."""
     estimate = r["seconds_per_eval"] * a.chains * (a.warmup + a.draws) * a.leapfrog
@@ -243,10 +261,12 @@ def immunetwin_posterior(r: dict[str, Any], yaml_path: Path, a: argparse.Namespa
             f"--max-seconds {a.max_seconds:g}"
         )
         return
-    inits = r["theta"] if a.metric == "laplace" else r["chain_starts"]  # laplace: starts drawn around the MAP
-    spec = {"yaml": str(yaml_path), "inits": inits, "seed": a.seed + 1, "chains": a.chains, "metric": a.metric,
+    metric = r["metric"] = metric_of(name, a)
+    inits = r["theta"] if metric == "laplace" else r["chain_starts"]  # laplace: starts drawn around the MAP
+    spec = {"yaml": str(yaml_path), "inits": inits, "seed": a.seed + 1, "chains": a.chains, "metric": metric,
             "draws": a.draws, "warmup": a.warmup, "cache": str(cache), "out": str(cache.parent / "nuts.json"),
-            "backend": a.backend, "chain_method": a.chain_method}  # fmt: skip
+            "backend": a.backend, "chain_method": a.chain_method, "rtol": a.posterior_rtol,
+            "atol": a.posterior_atol}  # fmt: skip
     spec_path = cache.parent / "nuts-spec.json"
     spec_path.write_text(json.dumps(spec))
     try:
@@ -262,18 +282,53 @@ def immunetwin_posterior(r: dict[str, Any], yaml_path: Path, a: argparse.Namespa
     r |= json.loads(Path(spec["out"]).read_text())
     r["ess_per_s"] = r["ess_bulk_min"] / r["posterior_s"]
     r["posterior_note"] = (
-        f"NUTS {a.chains} x {a.draws} after {a.warmup} warm-up ({_METRICS[a.metric]}; chain_method "
+        f"NUTS {a.chains} x {a.draws} after {a.warmup} warm-up ({_METRICS[metric]}; chain_method "
         f"'{r['chain_method']}' on {r['devices']} CPU device(s)); wall {r['posterior_s']:.1f} s includes "
         f"{r['posterior_compile_s']:.1f} s compile; {r['leapfrog_mean']:.1f} leapfrog steps per iteration on "
         f"average; max R-hat {r['rhat_max']:.3f}, min ESS bulk/tail {r['ess_bulk_min']:.0f}/"
-        f"{r['ess_tail_min']:.0f}, {r['divergences']} divergences"
+        f"{r['ess_tail_min']:.0f}, {r['divergences']} divergences; {_tolerance_note(r, a)}"
     )
+
+
+def _tolerance_note(r: dict[str, Any], a: argparse.Namespace) -> str:
+    from immunetwin.inference import CALIBRATION_CONTROLS as CTL
+
+    return (
+        f"solves at rtol {a.posterior_rtol:g} / atol {a.posterior_atol:g}; largest |log-likelihood change| "
+        f"from them to the MAP's rtol {CTL.rtol:g} / atol {CTL.atol:g} over {TOLERANCE_DRAWS} of the draws: "
+        f"{r['tolerance_max_diff']:.1e}"
+    )
+
+
+def _spread(draws: np.ndarray) -> np.ndarray:
+    """At most :data:`TOLERANCE_DRAWS` of the (chains, draws, dim) draws, evenly spaced over all."""
+    flat = draws.reshape(-1, draws.shape[-1])
+    return flat[np.linspace(0, len(flat) - 1, min(TOLERANCE_DRAWS, len(flat))).astype(int)]
+
+
+def _batched(objective: Any, thetas: np.ndarray) -> np.ndarray:
+    import jax
+    import jax.numpy as jnp
+
+    with jax.enable_x64(True):
+        return np.asarray(jax.jit(jax.vmap(objective.log_likelihood))(jnp.asarray(thetas)))
+
+
+def tolerance_diff(loose: Any, tight: Any, thetas: np.ndarray) -> float:
+    """Largest |log-likelihood at the sampling tolerances - at the MAP's| over ``thetas``: how much the
+    looser solves move the density the sampler saw (inf where only one of them is finite)."""
+    a, b = np.asarray(loose(thetas), dtype=float), np.asarray(tight(thetas), dtype=float)
+    both = np.isfinite(a) & np.isfinite(b)
+    if not np.array_equal(np.isfinite(a), np.isfinite(b)):
+        return math.inf
+    return float(np.max(np.abs(a[both] - b[both]))) if both.any() else math.nan
 
 
 def nuts_child(spec_path: Path) -> None:
     """Run ``sample_posterior`` as ``spec_path`` says and write its figures (the ``--_nuts`` child)."""
     import jax
 
+    from immunetwin.engines.integrate import Controls
     from immunetwin.inference import compile_objective
     from immunetwin.inference.posterior import sample_posterior
     from immunetwin.io.petab import read_petab
@@ -286,15 +341,24 @@ def nuts_child(spec_path: Path) -> None:
         use_all_cpu_cores()
     enable_compilation_cache(Path(spec["cache"]))
     clock, r = CompileClock(), {}
-    objective = compile_objective(read_petab(spec["yaml"]), backend=spec.get("backend", "xla"))
+    problem = read_petab(spec["yaml"])
+    objective = compile_objective(
+        problem, backend=spec["backend"], controls=Controls(spec["rtol"], spec["atol"])
+    )
     with timed(clock, r, "posterior"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         post = sample_posterior(
             objective, key=jax.random.PRNGKey(spec["seed"]), chains=spec["chains"], draws=spec["draws"],
-            warmup=spec["warmup"], init=np.asarray(spec["inits"]), metric=spec["metric"],
-            dense_mass=spec["metric"] == "laplace", chain_method=method,
+            warmup=spec["warmup"], init=np.asarray(spec["inits"]),
+            metric="laplace" if spec["metric"] == "laplace" else "adapt",
+            dense_mass=spec["metric"] in ("laplace", "dense"), chain_method=method,
         )  # fmt: skip
-    r |= diagnostics(post.idata.posterior["theta"].values)
+    draws = post.idata.posterior["theta"].values
+    r |= diagnostics(draws)
+    tight = compile_objective(problem, backend=spec["backend"])  # the MAP's tolerances
+    r["tolerance_max_diff"] = tolerance_diff(
+        lambda x: _batched(objective, x), lambda x: _batched(tight, x), _spread(draws)
+    )
     r |= {"converged": post.converged, "divergences": post.divergences, "posterior_warnings": list(post.warnings),
           "leapfrog_mean": float(post.idata.sample_stats["n_steps"].mean()),
           "chain_method": method, "devices": len(jax.local_devices())}  # fmt: skip
@@ -305,10 +369,9 @@ def nuts_child(spec_path: Path) -> None:
 
 
 def pypesto_problem(yaml_path: Path, flatten: bool) -> tuple[Any, Any]:
-    """pyPESTO problem with a libroadrunner objective at immunetwin's calibration tolerances."""
+    """pyPESTO problem with a libroadrunner objective at immunetwin's calibration tolerances (MAP)."""
     import petab.v1 as petab
     import pypesto.petab
-    from pypesto.objective.roadrunner import SolverOptions
 
     from immunetwin.inference import CALIBRATION_CONTROLS as CTL
 
@@ -317,10 +380,19 @@ def pypesto_problem(yaml_path: Path, flatten: bool) -> tuple[Any, Any]:
         petab.flatten_timepoint_specific_output_overrides(pb)
     importer = pypesto.petab.PetabImporter(pb, simulator_type="roadrunner")
     objective = importer.create_objective_creator(simulator_type="roadrunner").create_objective()
-    objective.solver_options = SolverOptions(
-        relative_tolerance=CTL.rtol, absolute_tolerance=CTL.atol, maximum_num_steps=CTL.max_steps
-    )
+    set_tolerances(objective, CTL.rtol, CTL.atol)
     return importer.create_problem(objective=objective), objective
+
+
+def set_tolerances(objective: Any, rtol: float, atol: float) -> None:
+    """CVODE's tolerances for every later call of a pyPESTO RoadRunner objective."""
+    from pypesto.objective.roadrunner import SolverOptions
+
+    from immunetwin.inference import CALIBRATION_CONTROLS as CTL
+
+    objective.solver_options = SolverOptions(
+        relative_tolerance=rtol, absolute_tolerance=atol, maximum_num_steps=CTL.max_steps
+    )
 
 
 def _reduced(problem: Any, ids: list[str], theta: np.ndarray) -> np.ndarray:
@@ -382,8 +454,22 @@ def pypesto_map(
     return r, problem
 
 
+def roadrunner_objective(problem: Any) -> Any:
+    """The RoadRunner objective that ``problem`` calls: pyPESTO's problem holds a copy of the one it
+    was made with, beside the priors, so tolerances must be set on this one."""
+    from pypesto.objective.roadrunner import RoadRunnerObjective
+
+    found = [o for o in (problem.objective, *getattr(problem.objective, "_objectives", ())) if isinstance(o, RoadRunnerObjective)]  # fmt: skip
+    if len(found) != 1:
+        raise RuntimeError(f"expected one RoadRunnerObjective in the pyPESTO problem, found {len(found)}")
+    return found[0]
+
+
 def pypesto_posterior(problem: Any, ids: list[str], r: dict[str, Any], a: argparse.Namespace) -> None:
+    """AdaptiveMetropolis from the chain starts, the objective's CVODE at the posterior tolerances."""
     import pypesto.sample as sample
+
+    from immunetwin.inference import CALIBRATION_CONTROLS as CTL
 
     n = 2 * a.pypesto_draws
     estimate = r["seconds_per_eval"] * a.chains * n
@@ -395,6 +481,8 @@ def pypesto_posterior(problem: Any, ids: list[str], r: dict[str, Any], a: argpar
         return
     inits = _reduced(problem, ids, np.asarray(r["chain_starts"]))
     traces = []
+    objective = roadrunner_objective(problem)
+    set_tolerances(objective, a.posterior_rtol, a.posterior_atol)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -414,9 +502,22 @@ def pypesto_posterior(problem: Any, ids: list[str], r: dict[str, Any], a: argpar
     r |= diagnostics(draws)
     r["converged"] = r["rhat_max"] <= 1.01 and min(r["ess_bulk_min"], r["ess_tail_min"]) >= 400
     r["ess_per_s"] = r["ess_bulk_min"] / r["posterior_s"]
+    spread = _spread(np.stack(traces))  # pyPESTO's own parameter order
+
+    def llh(rtol: float, atol: float) -> Any:
+        def at(xs: np.ndarray) -> np.ndarray:
+            set_tolerances(objective, rtol, atol)
+            return np.array([-float(problem.objective(x)) for x in xs])  # the prior is the same in both
+
+        return at
+
+    r["tolerance_max_diff"] = tolerance_diff(
+        llh(a.posterior_rtol, a.posterior_atol), llh(CTL.rtol, CTL.atol), spread
+    )
     r["posterior_note"] = (
         f"AdaptiveMetropolis {a.chains} x {a.pypesto_draws} after {a.pypesto_draws} adaptation; max R-hat "
-        f"{r['rhat_max']:.3f}, min ESS bulk/tail {r['ess_bulk_min']:.0f}/{r['ess_tail_min']:.0f}"
+        f"{r['rhat_max']:.3f}, min ESS bulk/tail {r['ess_bulk_min']:.0f}/{r['ess_tail_min']:.0f}; "
+        f"{_tolerance_note(r, a)}"
     )
 
 
@@ -480,7 +581,7 @@ def bench_problem(
     it["chain_starts"] = starts.tolist()
     if a.posterior:
         log(f"== {name}: immunetwin NUTS")
-        immunetwin_posterior(it, yaml_path, a, cache)
+        immunetwin_posterior(name, it, yaml_path, a, cache)
         log(f"   {it['posterior_note']}")
         if pp is not None:
             pp["chain_starts"] = it["chain_starts"]
@@ -667,7 +768,30 @@ def main(argv: list[str] | None = None) -> None:
         help="sample_posterior's chain_method (default parallel: the chains spread over one JAX CPU device per core)",
     )
     add(
-        "--metric", choices=sorted(_METRICS), default="adapt", help="NUTS metric (sample_posterior's metric=)"
+        "--metric",
+        choices=sorted(_METRICS),
+        default="dense",
+        help="NUTS metric: dense (default) or adapt (diagonal) learnt in warm-up, or laplace (dense, fixed)",
+    )
+    add(
+        "--problem-metric",
+        type=_problem_metric,
+        action="append",
+        default=None,
+        metavar="PROBLEM=METRIC",
+        help=f"one problem's NUTS metric (repeat; default {' '.join('='.join(p) for p in PROBLEM_METRICS)})",
+    )
+    add(
+        "--posterior-rtol",
+        type=float,
+        default=1e-6,
+        help="both samplers' ODE relative tolerance (default 1e-6; the MAPs run at 1e-8)",
+    )
+    add(
+        "--posterior-atol",
+        type=float,
+        default=1e-8,
+        help="both samplers' ODE absolute tolerance (default 1e-8; the MAPs run at 1e-10)",
     )
     add(
         "--max-seconds",
@@ -691,6 +815,7 @@ def main(argv: list[str] | None = None) -> None:
     add("--from-json", type=Path, help="only render a --json file (to stdout and --markdown)")
     add("--_nuts", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    a.problem_metric = PROBLEM_METRICS if a.problem_metric is None else a.problem_metric
     if a._nuts:
         return nuts_child(a._nuts)
     if a.from_json:
@@ -699,7 +824,7 @@ def main(argv: list[str] | None = None) -> None:
     a.draws = a.draws or (50 if a.quick else 1000)
     a.warmup = a.warmup if a.warmup is not None else (50 if a.quick else 1000)
     a.pypesto_draws = a.pypesto_draws or (500 if a.quick else 2500)
-    names = a.problems.split(",") if a.problems else list(DEFAULT_PROBLEMS)
+    names = a.names = a.problems.split(",") if a.problems else list(DEFAULT_PROBLEMS)
 
     from immunetwin.runtime import compile_small_loops_whole, enable_compilation_cache
 
@@ -717,8 +842,9 @@ def main(argv: list[str] | None = None) -> None:
             f"Same PEtab files, same {a.starts} L-BFGS-B start points (nominal + uniform in the bounds, seed "
             f"{a.seed}), same options (maxiter 500, ftol 1e-9, gtol 1e-8), both objectives at rtol 1e-8 / atol 1e-10; "
             f"MAP walls the best of {a.repeats} identical fits per tool. "
-            f"Posterior: {a.chains} chains around immunetwin's MAP; immunetwin NUTS "
-            f"{a.draws} draws after {a.warmup} warm-up ({_METRICS[a.metric]}); pyPESTO AdaptiveMetropolis {a.pypesto_draws} kept after "
+            f"Posterior: both samplers' solves at rtol {a.posterior_rtol:g} / atol {a.posterior_atol:g}, checked against "
+            f"the MAP's tolerances at {TOLERANCE_DRAWS} draws; {a.chains} chains around immunetwin's MAP; immunetwin NUTS "
+            f"{a.draws} draws after {a.warmup} warm-up ({_metrics_text(a)}); pyPESTO AdaptiveMetropolis {a.pypesto_draws} kept after "
             f"{a.pypesto_draws} adaptation; ESS/s = smallest bulk ESS / posterior wall. Ratios: pyPESTO time / "
             "immunetwin time (above 1: immunetwin faster). Figures from a shared machine are noisy."
         ),
@@ -730,6 +856,20 @@ def main(argv: list[str] | None = None) -> None:
         if a.json:
             a.json.write_text(json.dumps(res, indent=1, default=float), encoding="utf-8")
     _emit(res, a)
+
+
+def _metrics_text(a: argparse.Namespace) -> str:
+    own = "; ".join(f"{n}: {_METRICS[m]}" for n, m in a.problem_metric if n in a.names)
+    return _METRICS[a.metric] + (f"; except {own}" if own else "")
+
+
+def _problem_metric(text: str) -> tuple[str, str]:
+    name, sep, metric = text.partition("=")
+    if not sep or metric not in _METRICS:
+        raise argparse.ArgumentTypeError(
+            f"'{text}': give PROBLEM=METRIC with METRIC one of {', '.join(_METRICS)}"
+        )
+    return name, metric
 
 
 def _emit(res: dict[str, Any], a: argparse.Namespace) -> None:

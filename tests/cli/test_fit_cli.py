@@ -51,6 +51,22 @@ def test_fit_nuts_with_the_laplace_metric_and_parallel_chains_writes_its_posteri
     assert "warning:" in res.stdout
 
 
+def test_fit_nuts_with_the_dense_metric_at_looser_tolerances(tmp_path):
+    data = tmp_path / "ke01.csv"
+    viral_load_table(ke2022_nasal(), "ke01").to_csv(data, index=False)
+    out = tmp_path / "fit"
+    res = _run(
+        "fit", "viral_tiv", "--data", str(data), "--starts", "2", "--method", "nuts", "--metric", "dense",
+        "--chains", "2", "--draws", "6", "--warmup", "4", "--rtol", "1e-6", "--atol", "1e-8",
+        "--backend", "native", "--out", str(out),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    result = json.loads((out / "map.json").read_text())
+    assert result["tolerances"] == {"rtol": 1e-6, "atol": 1e-8}
+    assert result["nuts"]["converged"] is False  # 6 draws
+    assert (out / "posterior.nc").is_file()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -61,6 +77,12 @@ def test_fit_nuts_with_the_laplace_metric_and_parallel_chains_writes_its_posteri
         (("fit", "viral_tiv", "--data", "x.csv", "--method", "nuts", "--metric", "unit"), "--metric 'unit'"),
         (("fit", "viral_tiv", "--data", "x.csv", "--chain-method", "pmap"), "--chain-method 'pmap'"),
         (("fit", "viral_tiv", "--data", "x.csv", "--backend", "gpu"), "--backend 'gpu'"),
+        (("fit", "viral_tiv", "--data", "x.csv", "--rtol", "0"), "--rtol must be between 0 and 1, got 0.0"),
+        (("fit", "viral_tiv", "--data", "x.csv", "--rtol", "1.5"), "--rtol must be between 0 and 1"),
+        (
+            ("fit", "viral_tiv", "--data", "x.csv", "--atol", "nan"),
+            "--atol must be positive and finite, got nan",
+        ),
     ],
 )
 def test_fit_refusals_are_one_line(args, message, tmp_path):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -42,6 +43,21 @@ def _problem(source: str, data: Path | None, estimate: list[str] | None):
     return patient_problem(template, pd.read_csv(data), estimate=estimate, name=data.stem)
 
 
+def _controls(rtol: float | None, atol: float | None) -> Any:
+    """The solver's controls: the calibration tolerances, with ``--rtol``/``--atol`` where given
+    (refused by option name unless finite, positive and, for ``--rtol``, below 1)."""
+    import dataclasses
+
+    from immunetwin.inference.likelihood import CALIBRATION_CONTROLS
+
+    for name, value, top in (("--rtol", rtol, 1.0), ("--atol", atol, math.inf)):
+        if value is not None and not (math.isfinite(value) and 0.0 < value < top):
+            limit = "between 0 and 1" if top == 1.0 else "positive and finite"
+            raise InputError(f"{name} must be {limit}, got {value}")
+    given = {k: v for k, v in (("rtol", rtol), ("atol", atol)) if v is not None}
+    return dataclasses.replace(CALIBRATION_CONTROLS, **given)
+
+
 def fit(
     problem: Annotated[str, typer.Argument(help="PEtab problem YAML, or a template name (then give --data)")],
     method: Annotated[
@@ -61,8 +77,9 @@ def fit(
     metric: Annotated[
         str,
         typer.Option(
-            help="NUTS: adapt (mass matrix learnt in warm-up) or laplace (dense, from the Laplace"
-            " approximation at the MAP, fixed: for short warm-ups of near-Gaussian posteriors)"
+            help="NUTS: adapt (diagonal mass matrix learnt in warm-up), dense (a dense one learnt in"
+            " warm-up: correlated parameters) or laplace (dense, from the Laplace approximation at the"
+            " MAP, fixed: for short warm-ups of near-Gaussian posteriors)"
         ),
     ] = "adapt",
     chain_method: Annotated[
@@ -73,6 +90,15 @@ def fit(
         ),
     ] = "vectorized",
     seed: Annotated[int, typer.Option(help="random seed (starts, draws)")] = 0,
+    rtol: Annotated[
+        float | None,
+        typer.Option(
+            help="ODE relative tolerance (default: the calibration tolerance, 1e-8; NUTS runs well at 1e-6)"
+        ),
+    ] = None,
+    atol: Annotated[
+        float | None, typer.Option(help="ODE absolute tolerance (default: the calibration tolerance, 1e-10)")
+    ] = None,
     backend: Annotated[
         str,
         typer.Option(
@@ -98,8 +124,8 @@ def fit(
 
     if method not in _METHODS:
         raise InputError(f"--method '{method}': choose one of {', '.join(_METHODS)}")
-    if metric not in ("adapt", "laplace"):
-        raise InputError(f"--metric '{metric}': choose adapt or laplace")
+    if metric not in ("adapt", "dense", "laplace"):
+        raise InputError(f"--metric '{metric}': choose adapt, dense or laplace")
     if chain_method not in CHAIN_METHODS:
         raise InputError(f"--chain-method '{chain_method}': choose {', '.join(CHAIN_METHODS)}")
     if backend not in BACKENDS:
@@ -107,12 +133,13 @@ def fit(
     for name, value in (("--starts", starts), ("--chains", chains), ("--draws", draws)):
         if value < 1:
             raise InputError(f"{name} must be at least 1, got {value}")
+    controls = _controls(rtol, atol)
     console = Console(highlight=False)
     prob = _problem(problem, data, estimate)
     console.print(
         f"[bold]{prob.name}[/]: {len(prob.measurements)} measurements, estimating {', '.join(prob.free_ids)}"
     )
-    objective = compile_objective(prob, backend=backend)
+    objective = compile_objective(prob, backend=backend, controls=controls)
     key = jax.random.PRNGKey(seed)
     t0 = time.perf_counter()
     with console.status(f"MAP from {starts} starts (the first call compiles the model)..."):
@@ -133,6 +160,7 @@ def fit(
         "log_likelihood": result.log_likelihood,
         "starts_at_best": result.at_best,
         "starts": len(result.starts),
+        "tolerances": {"rtol": controls.rtol, "atol": controls.atol},
     }
     posterior = None
     if method != "map":
@@ -146,7 +174,8 @@ def fit(
             else:
                 posterior = sample_posterior(
                     objective, key=key_post, chains=chains, draws=draws, warmup=warmup, init=result.theta,
-                    metric=metric, dense_mass=metric == "laplace", chain_method=chain_method,
+                    metric="laplace" if metric == "laplace" else "adapt", dense_mass=metric != "adapt",
+                    chain_method=chain_method,
                 )  # fmt: skip
         console.print(posterior.summary().to_string(), markup=False)
         for message in posterior.warnings:
