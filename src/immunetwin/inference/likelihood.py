@@ -395,7 +395,8 @@ def compile_objective(
 
     ``backend="xla"`` (default) solves with the JAX engine and differentiates it with ``jax.jacfwd``.
     ``backend="native"`` solves with the model's solver generated as C
-    (:mod:`immunetwin.engines.native`, called from JAX by ``jax.pure_callback``) and takes gradients
+    (:mod:`immunetwin.engines.native`, called from JAX as XLA FFI custom calls,
+    :mod:`immunetwin.engines.native_ffi`, or by ``jax.pure_callback`` where those cannot be built) and takes gradients
     from the model's forward sensitivity equations, solved with the states by the same Rosenbrock
     method with the sensitivities in the error control (:mod:`immunetwin.engines.sensitivity`): one
     direction per estimated parameter, seeded with ``dy0/dtheta`` and ``dc/dtheta`` (automatic

@@ -389,8 +389,13 @@ def sample_posterior(
         chain_method: ``"vectorized"`` (chains batched with ``jax.vmap``; right on one CPU device),
             ``"sequential"`` or ``"parallel"`` (one program per chain, spread over the JAX devices:
             :mod:`immunetwin.inference.chains`).
-        dense_mass: a dense mass matrix (helps strongly correlated parameters); with
-            ``metric="laplace"``, the whole Laplace covariance instead of its diagonal.
+        dense_mass: a dense mass matrix (helps strongly correlated parameters: on ``viral_immune``
+            and one patient 7 leapfrog steps per iteration instead of 26, on ``viral_tiv`` a smaller
+            tail ESS than the diagonal's; ``benchmarks/README.md``); with ``metric="laplace"``, the
+            whole Laplace covariance instead of its diagonal. The solver tolerances are the
+            objective's: NUTS needs the density to a fraction of a unit, and rtol 1e-6 took a
+            third of the steps of 1e-8 there (check with
+            :func:`~immunetwin.analysis.tolerance_check`).
         metric: ``"adapt"``: NUTS learns the mass matrix in warm-up windows (Stan's scheme).
             ``"laplace"``: ``init`` must be one point, the MAP; the inverse mass matrix is the
             covariance of the Laplace approximation in ``u`` there, ``(∇²_u U(u_map))^{-1}`` with
