@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,10 +19,16 @@ def _run(*args: str, cwd=None) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+def _ke01_csv(folder: Path) -> Path:
+    """ke01's viral loads (shipped in the package) as the CSV that ``fit --data`` reads."""
+    data = folder / "ke01.csv"
+    viral_load_table(ke2022_nasal(), "ke01").to_csv(data, index=False)
+    return data
+
+
 @pytest.mark.parametrize("backend", ["xla", "native"])
 def test_fit_map_of_a_template_to_one_persons_viral_loads(tmp_path, backend):
-    data = tmp_path / "ke01.csv"
-    viral_load_table(ke2022_nasal(), "ke01").to_csv(data, index=False)
+    data = _ke01_csv(tmp_path)
     out = tmp_path / "fit"
     res = _run(
         "fit", "viral_tiv", "--data", str(data), "--starts", "3", "--out", str(out), "--backend", backend
@@ -36,8 +43,7 @@ def test_fit_map_of_a_template_to_one_persons_viral_loads(tmp_path, backend):
 def test_fit_nuts_with_the_laplace_metric_and_parallel_chains_writes_its_posterior(tmp_path):
     import arviz as az
 
-    data = tmp_path / "ke01.csv"
-    viral_load_table(ke2022_nasal(), "ke01").to_csv(data, index=False)
+    data = _ke01_csv(tmp_path)
     out = tmp_path / "fit"
     res = _run(
         "fit", "viral_tiv", "--data", str(data), "--starts", "2", "--method", "nuts", "--metric", "laplace",
@@ -52,8 +58,7 @@ def test_fit_nuts_with_the_laplace_metric_and_parallel_chains_writes_its_posteri
 
 
 def test_fit_nuts_with_the_dense_metric_at_looser_tolerances(tmp_path):
-    data = tmp_path / "ke01.csv"
-    viral_load_table(ke2022_nasal(), "ke01").to_csv(data, index=False)
+    data = _ke01_csv(tmp_path)
     out = tmp_path / "fit"
     res = _run(
         "fit", "viral_tiv", "--data", str(data), "--starts", "2", "--method", "nuts", "--metric", "dense",
