@@ -36,9 +36,8 @@ starts drawn from it), in a child process killed after ``--max-seconds``. Both s
 ``--posterior-rtol`` / ``--posterior-atol`` (default 1e-6 / 1e-8, the class of Stan's ODE defaults;
 the MAPs at 1e-8 / 1e-10), and the report gives the largest change of the log-likelihood from those
 tolerances to the MAP's over 200 of each tool's draws: the error the looser solves put in the
-density the sampler saw. ``--chain-method parallel`` (default): the child shows JAX one
-CPU device per core (``use_all_cpu_cores``) and runs each chain as its own program, the chains spread
-over the cores (pyPESTO's sampler runs its chains one after another on one core: the posterior
+density the sampler saw. ``--chain-method parallel`` (default): each chain is one program,
+compiled once and run by one thread per core (pyPESTO's sampler runs its chains one after another on one core: the posterior
 walls compare the tools as each is used, not per core); ``vectorized``: the 4 chains in lockstep as one
 batched program on one device. NUTS is not started when ``seconds per value+grad x chains x (warm-up + draws) x 10`` (leapfrog steps per iteration; 15-59 were
 measured on viral_tiv) exceeds ``--max-seconds``. The table says which.
@@ -283,11 +282,21 @@ def immunetwin_posterior(
     r["ess_per_s"] = r["ess_bulk_min"] / r["posterior_s"]
     r["posterior_note"] = (
         f"NUTS {a.chains} x {a.draws} after {a.warmup} warm-up ({_METRICS[metric]}; chain_method "
-        f"'{r['chain_method']}' on {r['devices']} CPU device(s)); wall {r['posterior_s']:.1f} s includes "
+        f"'{r['chain_method']}', {_workers_text(r)}); wall {r['posterior_s']:.1f} s includes "
         f"{r['posterior_compile_s']:.1f} s compile; {r['leapfrog_mean']:.1f} leapfrog steps per iteration on "
         f"average; max R-hat {r['rhat_max']:.3f}, min ESS bulk/tail {r['ess_bulk_min']:.0f}/"
         f"{r['ess_tail_min']:.0f}, {r['divergences']} divergences; {_tolerance_note(r, a)}"
     )
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _workers_text(r: dict[str, Any]) -> str:
+    if "threads" in r:  # from 2026-11-24 (one compiled program, the chains on threads)
+        return f"{r['threads']} thread(s) sharing one compiled program"
+    return f"on {r['devices']} CPU device(s)"  # earlier reports: one program per chain, over devices
 
 
 def _tolerance_note(r: dict[str, Any], a: argparse.Namespace) -> str:
@@ -332,13 +341,11 @@ def nuts_child(spec_path: Path) -> None:
     from immunetwin.inference import compile_objective
     from immunetwin.inference.posterior import sample_posterior
     from immunetwin.io.petab import read_petab
-    from immunetwin.runtime import compile_small_loops_whole, enable_compilation_cache, use_all_cpu_cores
+    from immunetwin.runtime import compile_small_loops_whole, enable_compilation_cache
 
     compile_small_loops_whole()
     spec = json.loads(spec_path.read_text())
     method = spec.get("chain_method", "vectorized")
-    if method == "parallel":  # one JAX CPU device per core, before JAX starts: the chains spread over them
-        use_all_cpu_cores()
     enable_compilation_cache(Path(spec["cache"]))
     clock, r = CompileClock(), {}
     problem = read_petab(spec["yaml"])
@@ -361,7 +368,7 @@ def nuts_child(spec_path: Path) -> None:
     )
     r |= {"converged": post.converged, "divergences": post.divergences, "posterior_warnings": list(post.warnings),
           "leapfrog_mean": float(post.idata.sample_stats["n_steps"].mean()),
-          "chain_method": method, "devices": len(jax.local_devices())}  # fmt: skip
+          "chain_method": method, "threads": min(spec["chains"], _cores()) if method == "parallel" else 1}  # fmt: skip
     Path(spec["out"]).write_text(json.dumps(r, default=float))
 
 
@@ -765,7 +772,7 @@ def main(argv: list[str] | None = None) -> None:
         "--chain-method",
         choices=("parallel", "vectorized", "sequential"),
         default="parallel",
-        help="sample_posterior's chain_method (default parallel: the chains spread over one JAX CPU device per core)",
+        help="sample_posterior's chain_method (default parallel: one compiled program, one thread per core)",
     )
     add(
         "--metric",

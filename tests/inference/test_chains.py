@@ -1,5 +1,6 @@
-"""Chains spread over devices (immunetwin.inference.chains): a chain's draws do not depend on how
-many devices share the chains, and the methods are checked by name."""
+"""Chains run in parallel (immunetwin.inference.chains): a chain's draws do not depend on how many
+devices or threads share the chains, they are NumPyro's transitions, and the methods are checked by
+name."""
 
 from __future__ import annotations
 
@@ -57,6 +58,91 @@ def test_parallel_chains_are_the_same_on_one_or_two_devices(backend: str) -> Non
     np.testing.assert_array_equal(np.asarray(one["steps"]), np.asarray(two["steps"]))
     # three chains from three keys: not copies of one another
     assert not np.array_equal(theta[0], theta[1]) and not np.array_equal(theta[1], theta[2])
+
+
+def _gaussian_kernel(dense: bool):
+    import jax.numpy as jnp
+
+    from immunetwin.inference.chains import CompiledInitNUTS
+
+    scale = jnp.array([0.01, 0.003, 0.04])
+
+    def potential(u):  # a correlated Gaussian
+        return 0.5 * jnp.sum((u / scale) ** 2) + 40.0 * u[0] * u[1]
+
+    return lambda: CompiledInitNUTS(potential_fn=potential, dense_mass=dense)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_parallel_chains_do_not_depend_on_threads_and_are_numpyros_transitions(dense: bool) -> None:
+    import jax
+    from numpyro.infer import MCMC
+
+    from immunetwin.inference.chains import run_chains
+
+    make = _gaussian_kernel(dense)
+    key = jax.random.PRNGKey(3)
+    init = np.array([[0.003, -0.001, 0.02], [0.01, 0.001, -0.005], [0.0, 0.0, 0.01]])
+    fields = ("num_steps", "adapt_state.step_size")
+    with jax.enable_x64(True):
+        runs = [
+            run_chains(
+                make,
+                key=key,
+                init=init,
+                chains=3,
+                warmup=10,
+                draws=20,
+                chain_method="parallel",
+                progress=False,
+                extra_fields=fields,
+                workers=w,
+            )
+            for w in (1, 3)
+        ]
+        keys = jax.random.split(key, 3)
+        alone = []
+        for c in range(3):
+            mcmc = MCMC(make(), num_warmup=10, num_samples=20, num_chains=1, progress_bar=False)
+            mcmc.run(keys[c], init_params=init[c], extra_fields=fields)
+            alone.append((np.asarray(mcmc.get_samples()), mcmc.get_extra_fields()))
+    (z1, e1), (z3, e3) = runs
+    assert z1.shape == (3, 20, 3) and set(e1) == {"diverging", *fields}
+    np.testing.assert_array_equal(z1, z3)
+    for f in e1:
+        np.testing.assert_array_equal(e1[f], e3[f])
+    assert not np.array_equal(z1[0], z1[1])
+    for c, (z, extra) in enumerate(alone):
+        # the same transitions as NumPyro's MCMC from the same key: equal to rounding, which XLA
+        # places differently in two programs and which grows through the warm-up's adaptation
+        np.testing.assert_allclose(z1[c], z, rtol=0, atol=1e-10)
+        np.testing.assert_array_equal(e1["num_steps"][c], np.asarray(extra["num_steps"]))
+        np.testing.assert_array_equal(e1["diverging"][c], np.asarray(extra["diverging"]))
+
+
+def test_parallel_chains_refuse_a_model_kernel() -> None:
+    import jax
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.infer import NUTS
+
+    from immunetwin.inference.chains import run_chains
+
+    def model():
+        numpyro.sample("x", dist.Normal())
+
+    with pytest.raises(InputError, match="needs a kernel of a potential_fn"):
+        run_chains(
+            lambda: NUTS(model),
+            key=jax.random.PRNGKey(0),
+            init=np.zeros((2, 1)),
+            chains=2,
+            warmup=2,
+            draws=2,
+            chain_method="parallel",
+            progress=False,
+            extra_fields=(),
+        )
 
 
 def test_unknown_chain_methods_are_refused_by_name() -> None:

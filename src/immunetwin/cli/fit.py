@@ -85,8 +85,9 @@ def fit(
     chain_method: Annotated[
         str,
         typer.Option(
-            help="NUTS: vectorized (chains in lockstep in one program), sequential, or parallel (one"
-            " program per chain, spread over the cores; its draws do not depend on the core count)"
+            help="NUTS: vectorized (chains in lockstep in one program), sequential, or parallel (each"
+            " chain one program, compiled once, the chains run by one thread per core; its draws do not"
+            " depend on the core count)"
         ),
     ] = "vectorized",
     seed: Annotated[int, typer.Option(help="random seed (starts, draws)")] = 0,

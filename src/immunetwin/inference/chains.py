@@ -3,22 +3,24 @@
 * ``"vectorized"``: all chains in lockstep as one batched program (``jax.vmap``). Right on one
   device, where a batched step costs little more than one chain's.
 * ``"sequential"``: one chain after another, in one program.
-* ``"parallel"``: one program per chain, the chains spread over the process's JAX devices (for
-  example the CPU cores that :func:`immunetwin.runtime.use_all_cpu_cores` shows as devices), one
-  thread per device running its chains one after another. NumPyro's own ``parallel`` method needs as
-  many devices as chains; this one queues the rest. The threads run at once where the potential holds
-  no Python lock: the XLA engine, and the native backend through its FFI calls
-  (:mod:`immunetwin.engines.native_ffi`; through ``jax.pure_callback`` each solve took the GIL and the
-  chains mostly waited for each other). ``viral_tiv`` on one patient, native, dense adapted metric,
-  4 x 1,000 draws after 1,000 warm-up on the 2-core AMD EPYC: 29.0 s on two devices against 48.6 s
-  vectorised on one (``benchmarks/README.md``). Each chain is the same single-chain program with
-  the same key whatever the number of devices, so its draws do not depend on the device count (on one
-  kind of device); they differ from the ``vectorized`` draws at rounding level and then beyond,
-  because XLA:CPU rounds a batch's partial vector blocks differently (see
-  :data:`immunetwin.engines.ode.LANES`). The progress bar is not shown. Only for a kernel of a
-  ``potential_fn``: a NumPyro *model* is traced through effect handlers kept in one stack for the
-  whole process, which two threads tracing at once corrupt (seen: "all sites must have unique names
-  but got `mu` duplicated").
+* ``"parallel"``: each chain as one compiled program (the kernel's initial state, warm-up and draws in
+  one loop), compiled once and run by several threads at once, one per core this process may use (or
+  ``workers``), each running its share of the chains one after another. XLA:CPU runs one device's
+  programs from several threads at once, so the chains share one compilation instead of each compiling
+  its own (NumPyro's ``MCMC`` builds new functions per run, and a chain's init and sampling loop each
+  cost 3.5-8 s to compile for ``viral_immune``). The threads run at once where the potential holds no
+  Python lock: the XLA engine, and the native backend through its FFI calls
+  (:mod:`immunetwin.engines.native_ffi`). ``viral_immune`` on one patient, native, dense adapted
+  metric, rtol 1e-6, 4 x 1,000 draws after 1,000 warm-up on the 2-core AMD EPYC: 46.9 s, against 62.5 s
+  with one ``MCMC`` per chain spread over two devices (``benchmarks/README.md``). A chain's draws depend
+  on its key and start only, not on the number of threads or devices; they agree with NumPyro's
+  ``MCMC`` on one chain to rounding (the same transitions from the same key; rounding differences
+  grow over the warm-up's adaptation, as between any two compilations of a sampler), and differ from
+  the ``vectorized`` draws at rounding level and then beyond, because XLA:CPU rounds a batch's partial
+  vector blocks differently (see :data:`immunetwin.engines.ode.LANES`). The progress bar is not shown.
+  Only for a kernel of a ``potential_fn``: a NumPyro *model* is traced through effect handlers kept in
+  one stack for the whole process, which two threads tracing at once corrupt (seen: "all sites must
+  have unique names but got `mu` duplicated").
 
 Chain ``c`` always gets the key ``jax.random.split(key, chains)[c]``, as NumPyro gives it in its
 batched methods.
@@ -26,12 +28,16 @@ batched methods.
 
 from __future__ import annotations
 
+import operator
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from numpyro.infer import MCMC, NUTS
 
 from immunetwin.errors import InputError
@@ -105,9 +111,12 @@ def run_chains(
     chain_method: ChainMethod,
     progress: bool,
     extra_fields: Sequence[str],
+    workers: int | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Run ``chains`` chains of the kernel that ``make_kernel()`` builds (a fresh one per program:
-    NumPyro kernels keep state) from ``init`` (a pytree whose leaves lead with the chain axis).
+    NumPyro kernels keep state) from ``init`` (a pytree whose leaves lead with the chain axis; for
+    ``"parallel"``, an array ``(chains, dim)``). ``workers``: threads of the ``"parallel"`` method
+    (default: the cores this process may use).
 
     Returns:
         The samples and the ``extra_fields``, each leaf with leading axes ``(chains, draws)``.
@@ -125,24 +134,56 @@ def run_chains(
         mcmc.run(key, init_params=init if chains > 1 else _chain(init, 0), extra_fields=tuple(extra_fields))
         return mcmc.get_samples(group_by_chain=True), mcmc.get_extra_fields(group_by_chain=True)
 
+    if workers is not None and workers < 1:
+        raise InputError(f"workers must be >= 1, got {workers}")
+    kernel = make_kernel()
+    if getattr(kernel, "model", None) is not None:
+        raise InputError(
+            "chain_method='parallel' needs a kernel of a potential_fn: NumPyro's effect handlers, through"
+            " which a model is traced, are not safe in two threads at once"
+        )
     keys = jax.random.split(key, chains)
-    devices = jax.local_devices()
+    starts = np.asarray(init)
     x64 = bool(jax.config.jax_enable_x64)  # JAX's context settings are per thread: carry this one over
+    fields = tuple(dict.fromkeys(("z", "diverging", *extra_fields)))  # as MCMC collects them
+    program = jax.jit(_chain_program(kernel, warmup, draws, fields)).lower(keys[0], starts[0]).compile()
+    threads = min(chains, workers or _cores())
 
-    def one(c: int) -> tuple[Any, dict[str, Any]]:
-        mcmc = MCMC(make_kernel(), num_warmup=warmup, num_samples=draws, num_chains=1, progress_bar=False)
-        mcmc.run(keys[c], init_params=_chain(init, c), extra_fields=tuple(extra_fields))
-        samples = jax.tree.map(np.asarray, mcmc.get_samples(group_by_chain=True))
-        return samples, {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
+    def one(c: int) -> tuple[Any, ...]:
+        with jax.enable_x64(x64):
+            return tuple(np.asarray(a) for a in program(keys[c], starts[c]))
 
-    def on_device(d: int) -> list[tuple[int, tuple[Any, dict[str, Any]]]]:
-        with jax.enable_x64(x64), jax.default_device(devices[d]):
-            return [(c, one(c)) for c in range(d, chains, len(devices))]
+    with ThreadPoolExecutor(threads, thread_name_prefix="immunetwin-chains") as pool:
+        runs = list(pool.map(one, range(chains)))
+    collected = {f: np.stack([r[i] for r in runs]) for i, f in enumerate(fields)}
+    return collected.pop("z"), collected
 
-    width = min(len(devices), chains)
-    with ThreadPoolExecutor(width, thread_name_prefix="immunetwin-chains") as pool:
-        done = dict(item for part in pool.map(on_device, range(width)) for item in part)
-    runs = [done[c] for c in range(chains)]
-    samples = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *(r[0] for r in runs))
-    extra = {k: np.concatenate([r[1][k] for r in runs], axis=0) for k in runs[0][1]}
-    return samples, extra
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _chain_program(
+    kernel: Any, warmup: int, draws: int, fields: Sequence[str]
+) -> Callable[[Any, Any], tuple[Any, ...]]:
+    """One chain as one function of its key and start: the kernel's initial state, ``warmup +
+    draws`` transitions in one loop, and the ``fields`` of the last ``draws`` states (as NumPyro's
+    ``MCMC`` runs and collects one chain: the same transitions from the same key)."""
+    get = [operator.attrgetter(f) for f in fields]
+
+    def run(key: Any, start: Any) -> tuple[Any, ...]:
+        state = kernel.init(key, warmup, init_params=start, model_args=(), model_kwargs={})
+        buffers = tuple(jnp.zeros((draws, *jnp.shape(g(state))), jnp.result_type(g(state))) for g in get)
+
+        def step(i: Any, carry: tuple[Any, tuple[Any, ...]]) -> tuple[Any, tuple[Any, ...]]:
+            state, out = carry
+            state = kernel.sample(state, (), {})
+            at = jnp.maximum(i - warmup, 0)  # warm-up states land in row 0, which the first draw overwrites
+            rows = (
+                lax.dynamic_update_index_in_dim(b, g(state), at, 0) for b, g in zip(out, get, strict=True)
+            )
+            return state, tuple(rows)
+
+        return lax.fori_loop(0, warmup + draws, step, (state, buffers))[1]
+
+    return run

@@ -387,8 +387,8 @@ def sample_posterior(
         target_accept: NUTS's target acceptance probability during adaptation.
         progress: show NumPyro's progress bar.
         chain_method: ``"vectorized"`` (chains batched with ``jax.vmap``; right on one CPU device),
-            ``"sequential"`` or ``"parallel"`` (one program per chain, spread over the JAX devices:
-            :mod:`immunetwin.inference.chains`).
+            ``"sequential"`` or ``"parallel"`` (each chain one program, compiled once and run by one
+            thread per core: :mod:`immunetwin.inference.chains`; the fastest on a multi-core CPU).
         dense_mass: a dense mass matrix (helps strongly correlated parameters: on ``viral_immune``
             and one patient 7 leapfrog steps per iteration instead of 26, on ``viral_tiv`` a smaller
             tail ESS than the diagonal's; ``benchmarks/README.md``); with ``metric="laplace"``, the
