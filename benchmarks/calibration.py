@@ -32,7 +32,8 @@ Then ``sample_posterior`` (NUTS, 4 chains x 1,000 draws after 1,000 warm-up, fro
 starts; ``--metric dense``, the default: NumPyro's adapted dense metric; ``adapt``: the adapted
 diagonal metric, which ``viral_tiv`` gets by default (``--problem-metric``; ``PROBLEM_METRICS``
 says why); ``laplace``: a dense metric from the Laplace approximation at the MAP, held fixed, and
-starts drawn from it), in a child process killed after ``--max-seconds``. Both samplers solve at
+starts drawn from it; ``laplace_adapt``: the same starts, and the dense metric adapted in warm-up
+starting from the Laplace one), in a child process killed after ``--max-seconds``. Both samplers solve at
 ``--posterior-rtol`` / ``--posterior-atol`` (default 1e-6 / 1e-8, the class of Stan's ODE defaults;
 the MAPs at 1e-8 / 1e-10), and the report gives the largest change of the log-likelihood from those
 tolerances to the MAP's over 200 of each tool's draws: the error the looser solves put in the
@@ -87,6 +88,10 @@ _METRICS = {
     "laplace": "dense Laplace metric at the MAP, held fixed; starts drawn from the Laplace Gaussian",
     "adapt": "diagonal metric adapted in warm-up; starts as pyPESTO's",
     "dense": "dense metric adapted in warm-up; starts as pyPESTO's",
+    "laplace_adapt": (
+        "dense metric adapted in warm-up from the Laplace covariance at the MAP; starts drawn from the"
+        " Laplace Gaussian"
+    ),
 }
 # viral_tiv: with the adapted dense metric the smallest tail ESS of 4 x 1,000 draws was 231-405 in six
 # runs (five below the 400 that convergence asks), with the diagonal one 413-868 in three
@@ -261,7 +266,9 @@ def immunetwin_posterior(
         )
         return
     metric = r["metric"] = metric_of(name, a)
-    inits = r["theta"] if metric == "laplace" else r["chain_starts"]  # laplace: starts drawn around the MAP
+    inits = (
+        r["theta"] if metric.startswith("laplace") else r["chain_starts"]
+    )  # laplace: starts around the MAP
     spec = {"yaml": str(yaml_path), "inits": inits, "seed": a.seed + 1, "chains": a.chains, "metric": metric,
             "draws": a.draws, "warmup": a.warmup, "cache": str(cache), "out": str(cache.parent / "nuts.json"),
             "backend": a.backend, "chain_method": a.chain_method, "rtol": a.posterior_rtol,
@@ -357,8 +364,8 @@ def nuts_child(spec_path: Path) -> None:
         post = sample_posterior(
             objective, key=jax.random.PRNGKey(spec["seed"]), chains=spec["chains"], draws=spec["draws"],
             warmup=spec["warmup"], init=np.asarray(spec["inits"]),
-            metric="laplace" if spec["metric"] == "laplace" else "adapt",
-            dense_mass=spec["metric"] in ("laplace", "dense"), chain_method=method,
+            metric="adapt" if spec["metric"] == "dense" else spec["metric"],
+            dense_mass=spec["metric"] != "adapt", chain_method=method,
         )  # fmt: skip
     draws = post.idata.posterior["theta"].values
     r |= diagnostics(draws)
@@ -778,7 +785,8 @@ def main(argv: list[str] | None = None) -> None:
         "--metric",
         choices=sorted(_METRICS),
         default="dense",
-        help="NUTS metric: dense (default) or adapt (diagonal) learnt in warm-up, or laplace (dense, fixed)",
+        help="NUTS metric: dense (default) or adapt (diagonal) learnt in warm-up, laplace (dense, fixed) or"
+        " laplace_adapt (dense, learnt from the Laplace one)",
     )
     add(
         "--problem-metric",

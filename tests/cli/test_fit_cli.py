@@ -40,13 +40,14 @@ def test_fit_map_of_a_template_to_one_persons_viral_loads(tmp_path, backend):
     assert result["log_likelihood"] > -40  # 14 points, sd 0.5: a fit, not a failure (-inf)
 
 
-def test_fit_nuts_with_the_laplace_metric_and_parallel_chains_writes_its_posterior(tmp_path):
+@pytest.mark.parametrize("metric", ["laplace", "laplace_adapt"])
+def test_fit_nuts_with_a_laplace_metric_and_parallel_chains_writes_its_posterior(tmp_path, metric):
     import arviz as az
 
     data = _ke01_csv(tmp_path)
     out = tmp_path / "fit"
     res = _run(
-        "fit", "viral_tiv", "--data", str(data), "--starts", "2", "--method", "nuts", "--metric", "laplace",
+        "fit", "viral_tiv", "--data", str(data), "--starts", "2", "--method", "nuts", "--metric", metric,
         "--chains", "2", "--draws", "6", "--warmup", "4", "--chain-method", "parallel", "--out", str(out),
     )  # fmt: skip
     assert res.returncode == 0, res.stderr

@@ -248,14 +248,37 @@ def _assert_matches(fit, mean: np.ndarray, cov: np.ndarray) -> None:
     )
 
 
-def test_nuts_with_the_laplace_metric_matches_the_analytic_posterior(objective, exact) -> None:
-    mean, cov = exact
-    fit = sample_posterior(
-        objective, key=jax.random.PRNGKey(5), chains=4, draws=500, warmup=100, init=mean,
-        metric="laplace", dense_mass=True,
-    )  # fmt: skip
+@pytest.fixture(scope="module")
+def laplace_nuts(objective, exact):
+    """NUTS with the Laplace metric held fixed and adapted from it: the same key, starts and warm-up."""
+    return {
+        metric: sample_posterior(
+            objective,
+            key=jax.random.PRNGKey(5),
+            chains=4,
+            draws=500,
+            warmup=200,
+            init=exact[0],
+            metric=metric,
+            dense_mass=True,
+        )
+        for metric in ("laplace", "laplace_adapt")
+    }
+
+
+@pytest.mark.parametrize("metric", ["laplace", "laplace_adapt"])
+def test_nuts_with_a_laplace_metric_matches_the_analytic_posterior(laplace_nuts, exact, metric) -> None:
+    fit = laplace_nuts[metric]
     assert fit.converged and fit.divergences == 0, fit.warnings
-    _assert_matches(fit, mean, cov)
+    _assert_matches(fit, *exact)
+
+
+def test_laplace_adapt_learns_the_metric_in_warm_up(laplace_nuts) -> None:
+    # the same chains up to the first adaptation window's end: then only laplace_adapt's metric moves
+    steps = [
+        laplace_nuts[m].idata.sample_stats["step_size"].values[:, 0] for m in ("laplace", "laplace_adapt")
+    ]
+    assert not np.allclose(*steps)
 
 
 def test_laplace_metric_needs_one_point_and_a_known_metric(objective, exact) -> None:
@@ -263,7 +286,15 @@ def test_laplace_metric_needs_one_point_and_a_known_metric(objective, exact) -> 
         sample_posterior(
             objective, key=jax.random.PRNGKey(0), chains=2, init=np.stack([exact[0]] * 2), metric="laplace"
         )
-    with pytest.raises(InputError, match="metric must be 'adapt' or 'laplace', got 'unit'"):
+    with pytest.raises(InputError, match="metric='laplace_adapt' needs init to be one point"):
+        sample_posterior(
+            objective,
+            key=jax.random.PRNGKey(0),
+            chains=2,
+            init=np.stack([exact[0]] * 2),
+            metric="laplace_adapt",
+        )
+    with pytest.raises(InputError, match="metric must be 'adapt', 'laplace' or 'laplace_adapt', got 'unit'"):
         sample_posterior(objective, key=jax.random.PRNGKey(0), metric="unit")  # type: ignore[arg-type]
 
 

@@ -78,8 +78,9 @@ def fit(
         str,
         typer.Option(
             help="NUTS: adapt (diagonal mass matrix learnt in warm-up), dense (a dense one learnt in"
-            " warm-up: correlated parameters) or laplace (dense, from the Laplace approximation at the"
-            " MAP, fixed: for short warm-ups of near-Gaussian posteriors)"
+            " warm-up: correlated parameters), laplace (dense, from the Laplace approximation at the"
+            " MAP, fixed: for short warm-ups of near-Gaussian posteriors) or laplace_adapt (dense,"
+            " learnt in warm-up starting from the Laplace one: shorter warm-up trees)"
         ),
     ] = "adapt",
     chain_method: Annotated[
@@ -125,8 +126,8 @@ def fit(
 
     if method not in _METHODS:
         raise InputError(f"--method '{method}': choose one of {', '.join(_METHODS)}")
-    if metric not in ("adapt", "dense", "laplace"):
-        raise InputError(f"--metric '{metric}': choose adapt, dense or laplace")
+    if metric not in ("adapt", "dense", "laplace", "laplace_adapt"):
+        raise InputError(f"--metric '{metric}': choose adapt, dense, laplace or laplace_adapt")
     if chain_method not in CHAIN_METHODS:
         raise InputError(f"--chain-method '{chain_method}': choose {', '.join(CHAIN_METHODS)}")
     if backend not in BACKENDS:
@@ -175,7 +176,7 @@ def fit(
             else:
                 posterior = sample_posterior(
                     objective, key=key_post, chains=chains, draws=draws, warmup=warmup, init=result.theta,
-                    metric="laplace" if metric == "laplace" else "adapt", dense_mass=metric != "adapt",
+                    metric="adapt" if metric == "dense" else metric, dense_mass=metric != "adapt",
                     chain_method=chain_method,
                 )  # fmt: skip
         console.print(posterior.summary().to_string(), markup=False)

@@ -194,7 +194,9 @@ def _initial_u(problem: Problem, init: Any, key: Any, chains: int, jitter: float
     return u[None, :] + noise
 
 
-def _laplace_metric(objective: Objective, init: Any, key: Any, chains: int) -> tuple[np.ndarray, np.ndarray]:
+def _laplace_metric(
+    objective: Objective, init: Any, key: Any, chains: int, metric: str = "laplace"
+) -> tuple[np.ndarray, np.ndarray]:
     r"""(chains, dim) starts drawn from the Laplace Gaussian in ``u`` at ``init`` and its covariance.
 
     With ``theta = l + w σ(u)``, ``J = w σ(1-σ)`` and ``K = w σ(1-σ)(1-2σ)`` (element-wise), the
@@ -209,7 +211,7 @@ def _laplace_metric(objective: Objective, init: Any, key: Any, chains: int) -> t
     problem = objective.problem
     theta = _start(problem, init)
     if theta.ndim != 1:
-        raise InputError("metric='laplace' needs init to be one point (the MAP), not one start per chain")
+        raise InputError(f"metric='{metric}' needs init to be one point (the MAP), not one start per chain")
     lo, width = problem.lower, problem.upper - problem.lower
     frac = np.clip((theta - lo) / width, 1e-6, 1 - 1e-6)
     u = np.log(frac) - np.log1p(-frac)
@@ -217,7 +219,7 @@ def _laplace_metric(objective: Objective, init: Any, key: Any, chains: int) -> t
     sig = frac * (1.0 - frac)
     jac, curv = width * sig, width * sig * (1.0 - 2.0 * frac)
     hess_u = -(jac[:, None] * h * jac[None, :] + np.diag(g * curv)) + np.diag(2.0 * sig)
-    what = "the Hessian of the potential at init (metric='laplace')"
+    what = f"the Hessian of the potential at init (metric='{metric}')"
     why = "init is not the MAP (metric='adapt' needs none)"
     cov, root = _gaussian(problem, value, 0.5 * (hess_u + hess_u.T), what, why)
     with jax.enable_x64(True):
@@ -372,7 +374,7 @@ def sample_posterior(
     chain_method: ChainMethod = "vectorized",
     init_jitter: float = 0.5,
     dense_mass: bool = False,
-    metric: Literal["adapt", "laplace"] = "adapt",
+    metric: Literal["adapt", "laplace", "laplace_adapt"] = "adapt",
 ) -> PosteriorFit:
     """Draw from the posterior of ``objective`` with NUTS (see the module docstring).
 
@@ -391,7 +393,7 @@ def sample_posterior(
             thread per core: :mod:`immunetwin.inference.chains`; the fastest on a multi-core CPU).
         dense_mass: a dense mass matrix (helps strongly correlated parameters: on ``viral_immune``
             and one patient 7 leapfrog steps per iteration instead of 26, on ``viral_tiv`` a smaller
-            tail ESS than the diagonal's; ``benchmarks/README.md``); with ``metric="laplace"``, the
+            tail ESS than the diagonal's; ``benchmarks/README.md``); with a Laplace metric, the
             whole Laplace covariance instead of its diagonal. The solver tolerances are the
             objective's: NUTS needs the density to a fraction of a unit, and rtol 1e-6 took a
             third of the steps of 1e-8 there (check with
@@ -403,14 +405,20 @@ def sample_posterior(
             starts from a draw of that Gaussian. A good metric from the first iteration, where Stan's
             windows need hundreds of warm-up draws to estimate one (the same choice as
             :func:`~immunetwin.inference.fit_population`; on the Euclidean metric as the inverse
-            posterior covariance, Betancourt 2017, arXiv:1701.02434).
+            posterior covariance, Betancourt 2017, arXiv:1701.02434). ``"laplace_adapt"``: as
+            ``"laplace"`` (``init`` the MAP, starts drawn from the Gaussian), but warm-up adapts the
+            mass matrix too, starting from the Laplace covariance instead of the identity: Stan's
+            windows then begin with short trees (``viral_immune``, one patient, dense: 8.1 leapfrog
+            steps per warm-up iteration instead of 12.9, and 7.5 instead of 50.6 in the first 100;
+            ``benchmarks/README.md``), and a posterior that is not Gaussian still gets its metric
+            learnt.
 
     Returns:
         A :class:`PosteriorFit`; when it is not converged a :class:`ConvergenceWarning` is emitted too.
 
     Raises:
         InputError: no estimated parameters, counts below 1, ``init`` outside the bounds, or (for
-            ``metric="laplace"``) ``init`` not one point or not a maximum of the posterior in ``u``.
+            a Laplace metric) ``init`` not one point or not a maximum of the posterior in ``u``.
     """
     problem = objective.problem
     if objective.dim == 0:
@@ -418,16 +426,16 @@ def sample_posterior(
     if min(chains, draws) < 1 or warmup < 0:
         raise InputError(f"chains and draws must be >= 1 and warmup >= 0, got {chains}, {draws}, {warmup}")
     check_chain_method(chain_method)
-    if metric not in ("adapt", "laplace"):
-        raise InputError(f"metric must be 'adapt' or 'laplace', got '{metric}'")
+    if metric not in ("adapt", "laplace", "laplace_adapt"):
+        raise InputError(f"metric must be 'adapt', 'laplace' or 'laplace_adapt', got '{metric}'")
     key_init, key_run = jax.random.split(key)
     with jax.enable_x64(True):
         potential = _potential(objective)
-        if metric == "laplace":
-            u0, cov = _laplace_metric(objective, init, key_init, chains)
+        if metric in ("laplace", "laplace_adapt"):
+            u0, cov = _laplace_metric(objective, init, key_init, chains, metric)
             fixed = {
                 "inverse_mass_matrix": cov if dense_mass else np.diagonal(cov).copy(),
-                "adapt_mass_matrix": False,
+                "adapt_mass_matrix": metric == "laplace_adapt",
             }
         else:
             u0, fixed = _initial_u(problem, init, key_init, chains, init_jitter), {}
