@@ -411,7 +411,8 @@ def sample_posterior(
             windows then begin with short trees (``viral_immune``, one patient, dense: 8.1 leapfrog
             steps per warm-up iteration instead of 12.9, and 7.5 instead of 50.6 in the first 100;
             ``benchmarks/README.md``), and a posterior that is not Gaussian still gets its metric
-            learnt.
+            learnt. Not always better: on ``Boehm_JProteomeRes2014`` the calibration benchmark's
+            posterior took twice as long with it.
 
     Returns:
         A :class:`PosteriorFit`; when it is not converged a :class:`ConvergenceWarning` is emitted too.
