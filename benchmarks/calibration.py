@@ -296,10 +296,6 @@ def immunetwin_posterior(
     )
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _workers_text(r: dict[str, Any]) -> str:
     if "threads" in r:  # from 2026-11-24 (one compiled program, the chains on threads)
         return f"{r['threads']} thread(s) sharing one compiled program"
@@ -348,7 +344,7 @@ def nuts_child(spec_path: Path) -> None:
     from immunetwin.inference import compile_objective
     from immunetwin.inference.posterior import sample_posterior
     from immunetwin.io.petab import read_petab
-    from immunetwin.runtime import compile_small_loops_whole, enable_compilation_cache
+    from immunetwin.runtime import available_cores, compile_small_loops_whole, enable_compilation_cache
 
     compile_small_loops_whole()
     spec = json.loads(spec_path.read_text())
@@ -375,7 +371,7 @@ def nuts_child(spec_path: Path) -> None:
     )
     r |= {"converged": post.converged, "divergences": post.divergences, "posterior_warnings": list(post.warnings),
           "leapfrog_mean": float(post.idata.sample_stats["n_steps"].mean()),
-          "chain_method": method, "threads": min(spec["chains"], _cores()) if method == "parallel" else 1}  # fmt: skip
+          "chain_method": method, "threads": min(spec["chains"], available_cores()) if method == "parallel" else 1}  # fmt: skip
     Path(spec["out"]).write_text(json.dumps(r, default=float))
 
 

@@ -16,6 +16,7 @@ from immunetwin.errors import InputError
 
 __all__ = [
     "SMALL_LOOP_BYTES",
+    "available_cores",
     "compile_small_loops_whole",
     "default_cache_dir",
     "enable_compilation_cache",
@@ -46,6 +47,14 @@ def enable_compilation_cache(path: Path) -> Path:
     return path
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one: a pinned Dask
+    worker counts only its own), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def use_all_cpu_cores(count: int | None = None) -> bool:
     """Show the CPU to JAX as one device per core, so that a cohort runs on every core.
 
@@ -63,7 +72,7 @@ def use_all_cpu_cores(count: int | None = None) -> bool:
     """
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return False
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     try:
         jax.config.update("jax_num_cpu_devices", count or cores)
     except RuntimeError:  # JAX has started: its device count is fixed for this process

@@ -74,6 +74,7 @@ from immunetwin.engines.integrate import Controls
 from immunetwin.engines.sensitivity import SensitivitySpec, sensitivity_spec
 from immunetwin.engines.solvers import AbstractMethod, _Rosenbrock, _rosenbrock_arrays
 from immunetwin.errors import InputError, SolverError
+from immunetwin.runtime import available_cores
 from immunetwin.spec.model import ModelSpec
 
 __all__ = [
@@ -877,10 +878,7 @@ def build(spec: ModelSpec, method: AbstractMethod) -> NativeSolver:
 
 
 def _threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return available_cores()
 
 
 def run_native(

@@ -29,7 +29,6 @@ batched methods.
 from __future__ import annotations
 
 import operator
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
@@ -41,6 +40,7 @@ from jax import lax
 from numpyro.infer import MCMC, NUTS
 
 from immunetwin.errors import InputError
+from immunetwin.runtime import available_cores
 
 __all__ = ["CHAIN_METHODS", "ChainMethod", "CompiledInitNUTS", "check_chain_method", "run_chains"]
 
@@ -147,7 +147,7 @@ def run_chains(
     x64 = bool(jax.config.jax_enable_x64)  # JAX's context settings are per thread: carry this one over
     fields = tuple(dict.fromkeys(("z", "diverging", *extra_fields)))  # as MCMC collects them
     program = jax.jit(_chain_program(kernel, warmup, draws, fields)).lower(keys[0], starts[0]).compile()
-    threads = min(chains, workers or _cores())
+    threads = min(chains, workers or available_cores())
 
     def one(c: int) -> tuple[Any, ...]:
         with jax.enable_x64(x64):
@@ -157,10 +157,6 @@ def run_chains(
         runs = list(pool.map(one, range(chains)))
     collected = {f: np.stack([r[i] for r in runs]) for i, f in enumerate(fields)}
     return collected.pop("z"), collected
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _chain_program(
