@@ -9,7 +9,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from immunetwin.engines.solvers import ODE, Dopri5, Rodas5, Rodas5P, dense_jacobian
+from immunetwin.engines.codegen import _Names, jacobian_terms
+from immunetwin.engines.solvers import (
+    ODE,
+    Dopri5,
+    Rodas5,
+    Rodas5P,
+    dense_jacobian,
+    elimination_order,
+    sparse_lu,
+    sparse_lu_solve,
+)
+from immunetwin.templates import list_templates, load_template
 
 
 def _rhs(t, y, c):  # y' = -c0 * y + sin(t): non-autonomous, exercises the d_i * df/dt terms
@@ -79,3 +90,57 @@ def test_dense_shape_is_that_of_a_step(method, batch):
             ode = ODE(last(_rhs), last(jac), pattern)
         traced = jax.eval_shape(lambda: method.step(ode, t, y, c, jnp.ones_like(t))[2])
         assert method.dense_shape(ode, t, y, c) == traced
+
+
+def _factor_entries(pattern, n, order):
+    """Entries of the factors of a matrix with ``pattern`` (plus its diagonal) eliminated in ``order``."""
+    rng = np.random.default_rng(0)  # diagonally dominant values: no pivot cancels to zero
+    entries = {ij: rng.uniform(0.1, 0.2) for ij in pattern if ij[0] != ij[1]}
+    entries |= {(i, i): float(n) for i in range(n)}
+    return len(sparse_lu(entries, n, order))
+
+
+def test_markowitz_order_eliminates_an_arrow_matrix_without_fill():
+    # state 0 couples to every other: eliminated first it fills the whole matrix, late it fills nothing
+    n = 8
+    pattern = [(0, j) for j in range(n)] + [(i, 0) for i in range(n)] + [(i, i) for i in range(n)]
+    order = elimination_order(tuple(pattern), n)
+    assert order.index(0) >= n - 2 and sorted(order) == list(range(n))  # the hub among the last two
+    assert _factor_entries(pattern, n, order) == 3 * n - 2
+    assert _factor_entries(pattern, n, None) == n * n
+
+
+def test_a_dense_pattern_keeps_the_natural_order():
+    n = 5
+    assert elimination_order(tuple((i, j) for i in range(n) for j in range(n)), n) == tuple(range(n))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_lu_in_any_order_solves_the_system(seed):
+    rng = np.random.default_rng(seed)
+    n = 9
+    mask = rng.random((n, n)) < 0.3
+    np.fill_diagonal(mask, True)
+    pattern = tuple((int(i), int(j)) for i, j in zip(*np.nonzero(mask), strict=True))
+    a = np.where(mask, rng.normal(size=(n, n)), 0.0)
+    a[np.diag_indices(n)] = np.abs(a).sum(axis=1) + 1.0  # diagonally dominant: no pivoting needed
+    b = rng.normal(size=n)
+    with jax.enable_x64(True):
+        for order in (None, elimination_order(pattern, n), tuple(rng.permutation(n).tolist())):
+            lu = sparse_lu({ij: a[ij] for ij in pattern}, n, order)
+            x = np.asarray(sparse_lu_solve(lu, jnp.asarray(b), n, order))
+            np.testing.assert_allclose(a @ x, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list_templates())
+def test_template_jacobians_fill_no_more_than_in_the_natural_order(name):
+    spec = load_template(name).model.spec
+    terms = jacobian_terms(spec, _Names(spec))
+    if terms is None:
+        pytest.skip(f"{name} has no symbolic Jacobian")
+    n = len(spec.states)
+    natural = _factor_entries(terms.pattern, n, None)
+    ordered = _factor_entries(terms.pattern, n, elimination_order(tuple(terms.pattern), n))
+    assert ordered <= natural
+    if name == "viral_immune":  # the flagship's factors were 75 entries in the natural order
+        assert ordered < natural

@@ -23,8 +23,9 @@ in OrdinaryDiffEq.jl); ``tests/engines/test_solvers.py`` checks the convergence 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import jax
@@ -91,8 +92,49 @@ def dense_jacobian(rhs: Rhs, n: int) -> tuple[Callable[[Any, Any, Any], tuple[An
     return jac, tuple((i, j) for i in range(n) for j in range(n))
 
 
-def sparse_lu(entries: dict[tuple[int, int], Any], n: int) -> dict[tuple[int, int], Any]:
-    """Doolittle LU without pivoting over the non-zero entries only (symbolic fill-in at trace time).
+@lru_cache(maxsize=256)
+def elimination_order(pattern: tuple[tuple[int, int], ...], n: int) -> tuple[int, ...]:
+    """A pivot order for :func:`sparse_lu` that keeps the factors sparse: Markowitz's rule on the
+    symbolic pattern (Markowitz 1957, Management Science 3:255; Duff, Erisman & Reid 2017, *Direct
+    Methods for Sparse Matrices*, 2nd ed., section 7.2), pivots on the diagonal only.
+
+    At each elimination the remaining state ``k`` with the smallest ``r_k c_k`` is taken, ``r_k``
+    (``c_k``) being the other remaining entries in its row (column) of the pattern as filled so far;
+    ties go to the smaller index, so a dense pattern keeps the natural order. The order depends only
+    on the pattern. Eliminating in it is the LU of ``P W P^T`` (a symmetric permutation keeps the
+    diagonal dominance that makes pivoting unnecessary, see :func:`sparse_lu`). On ``viral_immune``
+    (14 states, 40 entries) the factors hold 48 entries instead of 75 in the natural order.
+    """
+    rows: dict[int, set[int]] = {i: set() for i in range(n)}
+    cols: dict[int, set[int]] = {j: set() for j in range(n)}
+    for i, j in pattern:
+        if i != j:
+            rows[i].add(j)
+            cols[j].add(i)
+    remaining, order = set(range(n)), []
+    while remaining:
+        k = min(remaining, key=lambda s: (len(rows[s]) * len(cols[s]), s))
+        order.append(k)
+        remaining.discard(k)
+        below, right = cols.pop(k), rows.pop(k)
+        for i in below:
+            rows[i].discard(k)
+        for j in right:
+            cols[j].discard(k)
+        for i in below:  # the fill-in of eliminating k
+            for j in right:
+                if i != j and j not in rows[i]:
+                    rows[i].add(j)
+                    cols[j].add(i)
+    return tuple(order)
+
+
+def sparse_lu(
+    entries: dict[tuple[int, int], Any], n: int, order: Sequence[int] | None = None
+) -> dict[tuple[int, int], Any]:
+    """Doolittle LU without pivoting over the non-zero entries only (symbolic fill-in at trace time),
+    eliminating the states in ``order`` (default: natural; :func:`elimination_order` keeps the
+    factors sparse).
 
     Every operation is on per-patient scalars, so under ``vmap`` the whole factorisation fuses into
     a few element-wise loops over the batch and costs only the flops the sparsity pattern needs.
@@ -101,11 +143,13 @@ def sparse_lu(entries: dict[tuple[int, int], Any], n: int) -> dict[tuple[int, in
     makes ``W`` diagonally dominant, where elimination without pivoting is stable (Golub & Van Loan
     2013, Thm 3.4.3).
     """
+    order = tuple(range(n)) if order is None else tuple(order)
+    pos = {k: p for p, k in enumerate(order)}
     a = dict(entries)
-    for k in range(n):
+    for p, k in enumerate(order):
         pivot = a[(k, k)]
-        row_k = [(j, v) for (i, j), v in a.items() if i == k and j > k]
-        for i in range(k + 1, n):
+        row_k = [(j, v) for (i, j), v in a.items() if i == k and pos[j] > p]
+        for i in order[p + 1 :]:
             if (i, k) not in a:
                 continue
             f = a[(i, k)] / pivot
@@ -115,19 +159,24 @@ def sparse_lu(entries: dict[tuple[int, int], Any], n: int) -> dict[tuple[int, in
     return a
 
 
-def sparse_lu_solve(lu: dict[tuple[int, int], Any], b: Any, n: int) -> Any:
-    """Solve with the factors of :func:`sparse_lu` (forward then backward substitution)."""
+def sparse_lu_solve(
+    lu: dict[tuple[int, int], Any], b: Any, n: int, order: Sequence[int] | None = None
+) -> Any:
+    """Solve with the factors of :func:`sparse_lu` in the same ``order`` (forward then backward
+    substitution)."""
+    order = tuple(range(n)) if order is None else tuple(order)
+    pos = {k: p for p, k in enumerate(order)}
     x = [b[i] for i in range(n)]
     rows: dict[int, list[tuple[int, Any]]] = {i: [] for i in range(n)}
     for (i, j), v in lu.items():
         rows[i].append((j, v))
-    for i in range(n):
+    for i in order:
         for j, v in rows[i]:
-            if j < i:
+            if pos[j] < pos[i]:
                 x[i] = x[i] - v * x[j]
-    for i in range(n - 1, -1, -1):
+    for i in reversed(order):
         for j, v in rows[i]:
-            if j > i:
+            if pos[j] > pos[i]:
                 x[i] = x[i] - v * x[j]
         x[i] = x[i] / lu[(i, i)]
     return jnp.stack(x) if n else b
@@ -216,10 +265,11 @@ class _Rosenbrock(AbstractMethod):
         w = {ij: -v for ij, v in jac.items()}
         for i in range(n):
             w[(i, i)] = w[(i, i)] + inv_hg if (i, i) in w else inv_hg + 0.0 * h
-        lu = sparse_lu(w, n)
+        order = elimination_order(tuple(w), n)
+        lu = sparse_lu(w, n, order)
 
         def solve(_: Any, b: Any) -> Any:
-            return sparse_lu_solve(lu, b, n)
+            return sparse_lu_solve(lu, b, n, order)
 
         def stage(i: Any, ks: Any) -> Any:
             u = y + _combine(jnp.asarray(A)[i], ks)
