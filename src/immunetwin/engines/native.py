@@ -884,10 +884,6 @@ def build(spec: ModelSpec, method: AbstractMethod) -> NativeSolver:
     return _build(source, len(spec.quantities), len(spec.states), len(spec.constants))
 
 
-def _threads() -> int:
-    return available_cores()
-
-
 def run_native(
     solver: NativeSolver,
     ts: np.ndarray,
@@ -973,7 +969,7 @@ def run_native(
             ffi.cast("int64_t *", ffi.from_buffer(steps[sl])),
         )
 
-    workers = max(1, threads or _threads())
+    workers = max(1, threads or available_cores())
     chunk = max(1, chunk)
     if workers == 1 or b <= LANES:  # one thread's work: no pool (a small batch is latency-bound)
         for lo in range(0, b, chunk):

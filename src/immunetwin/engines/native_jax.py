@@ -29,6 +29,7 @@ from immunetwin.engines.integrate import Controls
 from immunetwin.engines.sensitivity import SensitivitySpec
 from immunetwin.engines.solvers import AbstractMethod
 from immunetwin.errors import InputError
+from immunetwin.runtime import available_cores
 from immunetwin.spec.model import ModelSpec
 
 __all__ = ["NativeFunctions"]
@@ -279,7 +280,7 @@ class NativeFunctions:
                 rtol=np.float64(ctl.rtol),
                 atol=np.float64(ctl.atol),
                 max_steps=np.int64(ctl.max_steps),
-                threads=np.int64(native._threads()),
+                threads=np.int64(available_cores()),
             )
             return values, status
         shapes = ((t_count,), (y0.shape[-1],), (c.shape[-1],))
@@ -327,7 +328,7 @@ class NativeFunctions:
                 rtol=np.float64(ctl.rtol),
                 atol=np.float64(ctl.atol),
                 max_steps=np.int64(ctl.max_steps),
-                threads=np.int64(native._threads()),
+                threads=np.int64(available_cores()),
             )
         shapes = ((t_count,), (n,), (nc,), (n, dirs), (nc, dirs))
 
