@@ -216,3 +216,81 @@ def test_a_stage_input_is_reused_only_where_the_step_formed_it() -> None:
     first = np.zeros(8)
     first[0] = 1.0  # u1 = y + k0: stage 0 read y, so there is no u to add k0 to
     assert not native._extends(first, np.zeros(8), 1)
+
+
+def _trial_rows(model: it.Model, arms: list[it.Schedule], patients: int, seed: int) -> tuple:
+    """Inputs of ``patients`` patients under every arm, arms of a patient in consecutive rows (as a
+    trial's chunk lays them out)."""
+    from immunetwin.engines.ode import _declared, _overrides, _prepare_times, _stops
+
+    pars = _varied(model, ["beta", "delta", "p"], patients, seed)
+    b = patients * len(arms)
+    rows = {k: np.repeat(v, len(arms)) for k, v in pars.items()}
+    _, ts, _ = _prepare_times(TIMES, 0.0)
+    d, m = _declared(model, _overrides(model, rows, "parameter", b), b)
+    return ts, d, m, _stops(model, arms * patients, model.spec.constants)
+
+
+def _arms(model: it.Model) -> list[it.Schedule]:
+    on = it.Input.window("eps_av", 3.0, 8.0, 0.9)
+    return [
+        it.Schedule(),
+        it.Schedule.of([on]),
+        it.Schedule.of([it.Input.window("eps_av", 5.0, 10.0, 0.9)]),
+        it.Schedule.of([on, it.Bolus(model.state_ids[4], 12.0, 1e3)]),  # the same as arm 1 until day 12
+        it.Schedule.of([it.Bolus(model.state_ids[4], 0.0, 10.0)]),  # differs from the start
+    ]
+
+
+@pytest.mark.parametrize("max_steps", [100_000, 200, 30])
+def test_arms_solved_once_up_to_their_first_difference_give_the_same_bits(max_steps: int) -> None:
+    # max_steps 200 stops the patients after the shared days (~55 steps), 30 within them
+    model = load_template("viral_immune").model
+    ts, d, m, stops = _trial_rows(model, _arms(model), 7, seed=3)
+    assert np.isfinite(native.shared_prefixes(np.zeros(len(d)), [d, m], stops)[1]).sum() == 7
+    solver = native.build(model.spec, Rodas5P())
+    ctl = it.Controls(max_steps=max_steps)
+    cols = tuple(range(len(model.spec.quantities)))
+    for columns in (None, (cols[-1], cols[-3])):  # every quantity; two states only
+        alone = native.run_native(solver, ts, d, m, stops, ctl, 4096, None, columns, threads=2, share=False)
+        shared = native.run_native(solver, ts, d, m, stops, ctl, 4096, None, columns, threads=2)
+        for a, b in zip(alone, shared, strict=True):
+            np.testing.assert_array_equal(b, a)
+    status = shared[1]
+    assert (status == 0).all() if max_steps > 1000 else (status == 1).all()
+
+
+def test_shared_prefixes_groups_consecutive_rows_until_their_schedules_differ() -> None:
+    model = load_template("viral_immune").model
+    _, d, m, stops = _trial_rows(model, _arms(model), 2, seed=3)
+    group, until = native.shared_prefixes(np.zeros(len(d)), [d, m], stops)
+    # arms 0-3 of a patient until day 3 (arm 1 and 3 alike until 12, but 0 and 2 differ earlier);
+    # arm 4 differs at the start: alone
+    np.testing.assert_array_equal(group, [0, 0, 0, 0, 1, 2, 2, 2, 2, 3])
+    np.testing.assert_array_equal(until, [3.0, np.inf, 3.0, np.inf])
+    # arms 1 and 3 of a patient: until day 12; a row that repeats a row before the previous one is
+    # not grouped with it
+    pick = [1, 3, 6, 1, 8]
+    group, until = native.shared_prefixes(np.zeros(5), [d[pick], m[pick]], tuple(s[pick] for s in stops))
+    np.testing.assert_array_equal(group, [0, 0, 1, 2, 3])
+    np.testing.assert_array_equal(until, [12.0, np.inf, np.inf, np.inf])
+    # any input bit that differs separates rows; NaN equals NaN
+    d2 = d[[0, 0, 0]].copy()
+    d2[:, 0] = [np.nan, np.nan, -0.0 if d2[0, 0] == 0 else np.nextafter(d2[0, 0], 1)]
+    group, _ = native.shared_prefixes(np.zeros(3), [d2], tuple(s[[0, 1, 1]] for s in stops))
+    np.testing.assert_array_equal(group, [0, 0, 1])
+
+
+def test_outputs_of_states_only_equal_those_read_with_other_quantities() -> None:
+    # states only: the solver interpolates just those states and skips the other quantities
+    model = load_template("viral_immune").model
+    ts, d, m, stops = _trial_rows(model, _arms(model)[:2], 5, seed=4)
+    solver = native.build(model.spec, Rodas5P())
+    index = {q.id: i for i, q in enumerate(model.spec.quantities)}
+    states = (index["V"], index["D"], index["T"])
+    derived = next(i for q, i in index.items() if q not in model.state_ids and q not in model.spec.constants)
+    only = native.run_native(solver, ts, d, m, stops, it.Controls(), 64, None, states, threads=1)
+    mixed = native.run_native(solver, ts, d, m, stops, it.Controls(), 64, None, (*states, derived), threads=1)
+    np.testing.assert_array_equal(only[0], mixed[0][..., :3])
+    np.testing.assert_array_equal(only[2], mixed[2])
+    assert np.isfinite(only[0]).all()

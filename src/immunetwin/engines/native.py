@@ -29,8 +29,14 @@ per step), four independent chains overlap (0.83 us) and, with AVX2, one instruc
 (0.37 us). A step forms the dense-output rows only when an output time of some lane falls inside it
 (29 daily outputs against ~345 steps), and the factorisation takes one reciprocal per pivot instead of
 a division per entry below it: together 11.5 % less CPU per ``viral_immune`` patient
-(``benchmarks/README.md``). Control (outputs, step size, stops) is scalar per lane, and a lane whose
-patient finishes takes the next one at once, so patients never wait for a slower companion.
+(``benchmarks/README.md``). Where every output column is a state (a trial's endpoints read states
+only), a step forms the dense-output rows of those states alone and an output copies them, without
+the constants or the other quantities. Control (outputs, step size, stops) is scalar per lane, and a
+lane whose patient finishes takes the next one at once, so patients never wait for a slower
+companion. Consecutive rows that are one patient until their schedules part (a trial's arms until the
+first treatment, :func:`shared_prefixes`) are solved once up to there and go on from the saved lane,
+with the same steps and bits as each solved alone. Together these took a two-arm ``viral_immune``
+trial chunk from 0.48-0.50 s to 0.32-0.33 s on one core (``benchmarks/README.md``).
 
 The module is built once per model with cffi (API mode: a CPython extension, compiled by the C
 compiler Python was built with) and kept in ``<cache>/immunetwin-native`` under a key that hashes
@@ -87,6 +93,7 @@ __all__ = [
     "c_source",
     "check_supported",
     "run_native",
+    "shared_prefixes",
     "solve_sensitivities",
     "solve_values",
 ]
@@ -118,6 +125,12 @@ void itn_solve(int64_t b, int64_t t_count, int64_t ts_stride, int64_t k_count, c
                const double *st, const double *sdy, const uint8_t *smask,
                const double *sval, int64_t ncol, const int64_t *cols, double rtol, double atol,
                int64_t max_steps, double *out, int64_t *status, int64_t *steps);
+void itn_solve_from(int64_t b, int64_t t_count, int64_t ts_stride, int64_t k_count, const double *ts,
+                    const double *d, const uint8_t *m, const double *y0, const double *c0,
+                    const double *st, const double *sdy, const uint8_t *smask,
+                    const double *sval, int64_t ncol, const int64_t *cols, double rtol, double atol,
+                    int64_t max_steps, double *out, int64_t *status, int64_t *steps,
+                    const double *pause, const double *resume_from, double *save_to);
 """
 
 
@@ -435,6 +448,9 @@ def c_source(spec: ModelSpec, method: AbstractMethod) -> str:
     zero = [slot[(i, i)] for i in range(n) if (i, i) not in written]
     out.append(f"#define NZERO {len(zero)}")
     out.append(f"static const int ZSLOT[{max(1, len(zero))}] = {{{', '.join(map(str, zero)) or '0'}}};")
+    state_of = {scalar.index[st.id]: k for k, st in enumerate(spec.states)}
+    qstate = ", ".join(str(state_of.get(i, -1)) for i in range(nq)) or "-1"
+    out.append(f"static const int QSTATE[{max(1, nq)}] = {{{qstate}}};  /* quantity -> state, or -1 */")
     out.append("static void lu_factor(vd *a, vd *r) {")
     out += factor
     out += ["}", ""]
@@ -492,7 +508,8 @@ def _extends(row: np.ndarray, previous: np.ndarray, s: int) -> bool:
 def _rosenbrock_step(method: AbstractMethod) -> list[str]:
     """One step of the method's tableau for :data:`LANES` patients, unrolled over its 8 stages with
     the coefficients as literals (the stage equations of :mod:`immunetwin.engines.solvers`): ``y1``,
-    the error estimate ``k8`` and, when ``want_dense``, the dense-output rows ``H @ K``.
+    the error estimate ``k8`` and, when ``want_dense``, the dense-output rows ``H @ K`` of the states
+    ``need[:n_need]`` (those the outputs read).
 
     Each stage reads the earlier stages once: its input ``u = y + A[s] @ K`` and its coupling
     ``C[s] @ K`` in one pass, and a stage input that is the previous one plus the previous stage
@@ -503,7 +520,7 @@ def _rosenbrock_step(method: AbstractMethod) -> list[str]:
     ks = [f"k{s}" for s in range(8)]
     out = [
         "static void rosenbrock_step(vd t, const vd *y, const vd *c, vd h, vd *y1, vd *err, vd *dense,",
-        "                            int want_dense) {",
+        "                            int want_dense, const int *need, int n_need) {",
         "    vd jv[NNZ > 0 ? NNZ : 1], dfdt[NN], a[NLU], r[NN], u[NN], g[NN];",
         "    vd " + ", ".join(f"{k}[NN]" for k in ks) + ";",
         "    model_jac_v(t, y, c, jv, dfdt);",
@@ -543,7 +560,8 @@ def _rosenbrock_step(method: AbstractMethod) -> list[str]:
     out.append("        err[i] = k7[i];")
     out.append("    }")
     out.append("    if (!want_dense) return;")
-    out.append("    for (int i = 0; i < N; i++) {")
+    out.append("    for (int ii = 0; ii < n_need; ii++) {")
+    out.append("        const int i = need[ii];")
     for row in range(len(H)):
         out.append(f"        dense[{row} * N + i] = {_combination(H[row], ks) or 'vsplat(0.0)'};")
     out.append("    }")
@@ -594,7 +612,15 @@ typedef struct {
     int64_t max_steps;
     double *out;
     int64_t *status, *steps;
+    const double *pause, *resume;  /* per patient: a time to stop short of; a saved lane to start from */
+    double *save;                  /* per patient: the lane as it stopped (NSAVE values) */
+    int direct, n_need;            /* direct: every output column is a state, read from need[] */
+    int need[NN];
 } Job;
+
+/* A saved lane: t, h, t_prev, h_prev, k, j, steps, status, then y, the constants and their start
+   values. Every step after it depends only on these and the patient's own inputs. */
+#define NSAVE (8 + N + 2 * NC)
 
 typedef struct {
     int64_t pid;  /* -1: no patient */
@@ -620,10 +646,29 @@ static void apply_stop(const Job *job, Lane *ln, Block *bk, int l) {
 /* The patient's output times (one row for all when ts_stride is 0). */
 static const double *times_of(const Job *job, int64_t p) { return job->ts + p * job->ts_stride; }
 
+static void resume(const Job *job, Lane *ln, Block *bk, int l, int64_t p) {
+    const double *s = job->resume + p * NSAVE;
+    ln->pid = p;
+    ln->t = s[0]; ln->h = s[1]; ln->t_prev = s[2]; ln->h_prev = s[3];
+    ln->k = (int64_t)s[4]; ln->j = (int64_t)s[5]; ln->steps = (int64_t)s[6]; ln->status = (int64_t)s[7];
+    for (int i = 0; i < N; i++) { bk->y[i][l] = s[8 + i]; bk->y_prev[i][l] = s[8 + i]; bk->y_end[i][l] = s[8 + i]; }
+    for (int i = 0; i < NC; i++) { bk->c[i][l] = s[8 + N + i]; ln->c0[i] = s[8 + N + NC + i]; }
+    for (int i = 0; i < 3 * N; i++) bk->dense[i][l] = 0.0;
+}
+
+static void save(const Job *job, const Lane *ln, const Block *bk, int l) {
+    double *s = job->save + ln->pid * NSAVE;
+    s[0] = ln->t; s[1] = ln->h; s[2] = ln->t_prev; s[3] = ln->h_prev;
+    s[4] = (double)ln->k; s[5] = (double)ln->j; s[6] = (double)ln->steps; s[7] = (double)ln->status;
+    for (int i = 0; i < N; i++) s[8 + i] = bk->y[i][l];
+    for (int i = 0; i < NC; i++) { s[8 + N + i] = bk->c[i][l]; s[8 + N + NC + i] = ln->c0[i]; }
+}
+
 static void start(const Job *job, Lane *ln, Block *bk, int l, int64_t p) {
     double y[NN], c[NCC];
     const double *ts = times_of(job, p);
     const double t0 = ts[0], t_end = ts[job->t_count - 1];
+    if (job->resume) { resume(job, ln, bk, l, p); return; }
     ln->pid = p;
     ln->t = t0; ln->k = 0; ln->j = 0; ln->steps = 0; ln->status = 0;
     if (job->y0) {  /* start values given (y0, c), not computed from declared values */
@@ -655,11 +700,19 @@ static void write_outputs(const Job *job, Lane *ln, const Block *bk, int l) {
             double theta = (t_out - ln->t_prev) / ln->h_prev;
             theta = theta < 0.0 ? 0.0 : (theta > 1.0 ? 1.0 : theta);
             const double th1 = 1.0 - theta;
-            for (int i = 0; i < N; i++)
+            for (int ii = 0; ii < job->n_need; ii++) {
+                const int i = job->need[ii];
                 value[i] = th1 * bk->y_prev[i][l] + theta * (bk->y_end[i][l] + th1 * (bk->dense[i][l]
                            + theta * (bk->dense[N + i][l] + theta * bk->dense[2 * N + i][l])));
+            }
         } else {
-            for (int i = 0; i < N; i++) value[i] = bk->y[i][l];
+            for (int ii = 0; ii < job->n_need; ii++) value[job->need[ii]] = bk->y[job->need[ii]][l];
+        }
+        double *row = job->out + (p * job->t_count + ln->j) * job->ncol;
+        if (job->direct) {  /* states only: no constants, no other quantity */
+            for (int64_t jj = 0; jj < job->ncol; jj++) row[jj] = value[QSTATE[job->cols[jj]]];
+            ln->j++;
+            continue;
         }
         /* constants at t_out: the inputs switched at or before it. Those are the lane's own when
            the entries it has applied are exactly those at or before t_out (mostly: stops are rare) */
@@ -674,7 +727,6 @@ static void write_outputs(const Job *job, Lane *ln, const Block *bk, int l) {
                         c[i] = job->sval[(p * job->k_count + k) * NC + i];
         }
         model_observe(t_out, value, c, q);
-        double *row = job->out + (p * job->t_count + ln->j) * job->ncol;
         for (int64_t jj = 0; jj < job->ncol; jj++) row[jj] = q[job->cols[jj]];
         ln->j++;
     }
@@ -684,13 +736,29 @@ static int running(const Job *job, const Lane *ln) {
     return ln->pid >= 0 && ln->j < job->t_count && ln->status == 0;
 }
 
-void itn_solve(int64_t b, int64_t t_count, int64_t ts_stride, int64_t k_count, const double *ts,
-               const double *d, const uint8_t *m, const double *y0, const double *c0,
-               const double *st, const double *sdy, const uint8_t *smask,
-               const double *sval, int64_t ncol, const int64_t *cols, double rtol, double atol,
-               int64_t max_steps, double *out, int64_t *status, int64_t *steps) {
+/* The lane's next attempt could reach its patient's pause time: it stops before it, as a patient
+   whose schedule differs from there on would (whose step is clipped at that time). */
+static int pausing(const Job *job, const Lane *ln) {
+    return job->pause && ln->h >= (job->pause[ln->pid] - ln->t) * (1.0 - 1e-12);
+}
+
+/* Every patient of the job solved, in lanes; pause, resume and save may be NULL (itn_solve). */
+void itn_solve_from(int64_t b, int64_t t_count, int64_t ts_stride, int64_t k_count, const double *ts,
+                    const double *d, const uint8_t *m, const double *y0, const double *c0,
+                    const double *st, const double *sdy, const uint8_t *smask,
+                    const double *sval, int64_t ncol, const int64_t *cols, double rtol, double atol,
+                    int64_t max_steps, double *out, int64_t *status, int64_t *steps,
+                    const double *pause, const double *resume_from, double *save_to) {
     Job job = {t_count, ts_stride, k_count, ncol, ts, d, y0, c0, st, sdy, sval, m, smask, cols, rtol, atol,
-               max_steps, out, status, steps};
+               max_steps, out, status, steps, pause, resume_from, save_to};
+    /* the states the outputs read: where every column is a state, only those are interpolated */
+    job.direct = 1;
+    for (int64_t jj = 0; jj < ncol; jj++) job.direct &= QSTATE[cols[jj]] >= 0;
+    int wanted[NN] = {0};
+    for (int64_t jj = 0; jj < ncol && job.direct; jj++) wanted[QSTATE[cols[jj]]] = 1;
+    job.n_need = 0;
+    for (int i = 0; i < N; i++)
+        if (!job.direct || wanted[i]) job.need[job.n_need++] = i;
     Lane lanes[L];
     Block bk;
     vd y1[NN], err[NN], dense[3 * NN], tv, hv;
@@ -707,7 +775,8 @@ void itn_solve(int64_t b, int64_t t_count, int64_t ts_stride, int64_t k_count, c
                     start(&job, ln, &bk, l, next++);
                 }
                 if (ln->status == 0) write_outputs(&job, ln, &bk, l);
-                if (running(&job, ln)) break;
+                if (running(&job, ln) && !pausing(&job, ln)) break;
+                if (job.save) save(&job, ln, &bk, l);
                 status[ln->pid] = ln->j >= t_count ? 0 : ln->status;
                 steps[ln->pid] = ln->steps;
                 ln->pid = -1;
@@ -728,7 +797,7 @@ void itn_solve(int64_t b, int64_t t_count, int64_t ts_stride, int64_t k_count, c
             want_dense |= times_of(&job, ln->pid)[ln->j] < (ln->clipped ? t_stop : ln->t + ln->h_try);
         }
         if (!active) break;
-        rosenbrock_step(tv, bk.y, bk.c, hv, y1, err, dense, want_dense);
+        rosenbrock_step(tv, bk.y, bk.c, hv, y1, err, dense, want_dense, job.need, job.n_need);
         vd total = vsplat(0.0);
         vl finite_y = VTRUE;
         for (int i = 0; i < N; i++) {
@@ -767,11 +836,12 @@ void itn_solve(int64_t b, int64_t t_count, int64_t ts_stride, int64_t k_count, c
             }
         }
         if (want_dense) {  /* what write_outputs interpolates in; stale only where no lane reads it */
-            for (int i = 0; i < N; i++) {
+            for (int ii = 0; ii < job.n_need; ii++) {
+                const int i = job.need[ii];
                 bk.y_prev[i] = v_where(accept_mask, bk.y[i], bk.y_prev[i]);
                 bk.y_end[i] = v_where(accept_mask, y1[i], bk.y_end[i]);
+                for (int r = 0; r < 3; r++) bk.dense[r * N + i] = v_where(accept_mask, dense[r * N + i], bk.dense[r * N + i]);
             }
-            for (int i = 0; i < 3 * N; i++) bk.dense[i] = v_where(accept_mask, dense[i], bk.dense[i]);
         }
         for (int i = 0; i < N; i++) bk.y[i] = v_where(accept_mask, y1[i], bk.y[i]);
         for (int l = 0; l < L; l++) {  /* the schedule entry an accepted clipped step landed on */
@@ -780,6 +850,15 @@ void itn_solve(int64_t b, int64_t t_count, int64_t ts_stride, int64_t k_count, c
                 apply_stop(&job, ln, &bk, l);
         }
     }
+}
+
+void itn_solve(int64_t b, int64_t t_count, int64_t ts_stride, int64_t k_count, const double *ts,
+               const double *d, const uint8_t *m, const double *y0, const double *c0,
+               const double *st, const double *sdy, const uint8_t *smask,
+               const double *sval, int64_t ncol, const int64_t *cols, double rtol, double atol,
+               int64_t max_steps, double *out, int64_t *status, int64_t *steps) {
+    itn_solve_from(b, t_count, ts_stride, k_count, ts, d, m, y0, c0, st, sdy, smask, sval, ncol, cols,
+                   rtol, atol, max_steps, out, status, steps, NULL, NULL, NULL);
 }
 """
 
@@ -884,6 +963,49 @@ def build(spec: ModelSpec, method: AbstractMethod) -> NativeSolver:
     return _build(source, len(spec.quantities), len(spec.states), len(spec.constants))
 
 
+def shared_prefixes(
+    t0: np.ndarray, inputs: Sequence[np.ndarray], stops: tuple[np.ndarray, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of consecutive rows that are one patient up to a time, and that time.
+
+    Two rows are one patient up to ``t`` when every array of ``inputs`` (leading axis: the rows; the
+    parameters, output times, start values) is bitwise equal in them and their stop tables (``st``
+    (B, K), sorted in time, ``sdy`` (B, K, n), ``smask`` and ``sval`` (B, K, nc)) agree entry by entry
+    before the first entry where they differ, whose earlier time is ``t``: the arms of a trial, say,
+    until the first treatment. The relation is transitive (up to the smaller time), so a run of rows
+    each of which is one patient with the row before it, after the rows' start time ``t0`` (B,), is
+    one patient up to the smallest of those times: a *group* (a stop at the start is applied before
+    the first step, so rows that differ there are not grouped).
+
+    Returns ``group`` (B,), each row's group (numbered from 0 in row order), and ``until`` (G,), the
+    time up to which a group's rows are the same patient (``inf`` for a single row).
+    """
+    st, sdy, smask, sval = stops
+    b = st.shape[0]
+    if b == 0:
+        return np.zeros(0, np.int64), np.zeros(0)
+    joins = np.ones(b - 1, bool)  # row i + 1 with row i
+    for a in inputs:
+        a = np.ascontiguousarray(a).reshape(b, -1)
+        a = a.view(np.uint64 if a.itemsize == 8 else np.uint8)  # bits: NaN equals NaN, -0.0 not 0.0
+        joins &= np.all(a[1:] == a[:-1], axis=1)
+    values = np.where(smask, sval, 0.0)
+    differ = (
+        (st[1:] != st[:-1])
+        | np.any(sdy[1:] != sdy[:-1], axis=2)
+        | np.any(smask[1:] != smask[:-1], axis=2)
+        | np.any(values[1:] != values[:-1], axis=2)
+    )
+    k = np.argmax(differ, axis=1)
+    pairs = np.arange(b - 1)
+    split = np.where(differ.any(axis=1), np.minimum(st[pairs, k], st[pairs + 1, k]), np.inf)
+    joins &= split > t0[1:]
+    group = np.concatenate([[0], np.cumsum(~joins)])
+    until = np.full(group[-1] + 1, np.inf)
+    np.minimum.at(until, group[1:][joins], split[joins])
+    return group, until
+
+
 def run_native(
     solver: NativeSolver,
     ts: np.ndarray,
@@ -897,12 +1019,19 @@ def run_native(
     threads: int | None = None,
     *,
     start: tuple[np.ndarray, np.ndarray] | None = None,
+    share: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Solve every patient (rows of ``d``, ``m`` and the stop tables) with ``solver``.
 
     ``ts`` is one row of output times for all patients (T,) or one per patient (B, T). ``start``:
     the start values ``(y0 (B, n), c (B, nc))`` themselves, instead of computing them from ``d`` and
     ``m`` (which are then not read).
+
+    ``share``: rows that repeat the row before them up to a time (:func:`shared_prefixes`: a trial's
+    arms of one patient until the first treatment) are solved once up to there: the group's first row
+    stops short of that time (before the step that could reach it), and every row of the group goes
+    on from that saved lane with its own schedule. The lane is the loop's whole state, so each row
+    takes the same steps and gets the same bits as when solved alone (``tests/engines/test_native.py``).
 
     Returns outputs (B, T, ncol), status (B,) and steps (B,), as the XLA engine's ``_run``. The
     patients are solved ``chunk`` at a time, each chunk split over ``threads`` threads (default:
@@ -938,36 +1067,65 @@ def run_native(
     steps = np.zeros(b, np.int64)
     ffi, lib = solver.ffi, solver.lib
 
-    def ptr(a: np.ndarray, ctype: str) -> Any:
-        return ffi.cast(ctype, ffi.from_buffer(a))
+    def ptr(a: np.ndarray | None, ctype: str) -> Any:
+        return ffi.NULL if a is None else ffi.cast(ctype, ffi.from_buffer(a))
+
+    n_save = 8 + solver.n_states + 2 * solver.n_constants
+
+    def call(
+        rows: dict[str, np.ndarray],
+        into: tuple[np.ndarray, np.ndarray, np.ndarray],
+        pause: np.ndarray | None = None,
+        resume: np.ndarray | None = None,
+        save: np.ndarray | None = None,
+    ) -> None:
+        o, s, k = into
+        lib.itn_solve_from(
+            o.shape[0], t_count, t_count if per_patient else 0, k_count,
+            ptr(rows["ts"], "double *"), ptr(rows["d"], "double *"), ptr(rows["m"], "uint8_t *"),
+            ptr(rows.get("y0"), "double *"), ptr(rows.get("c0"), "double *"),
+            ptr(rows["st"], "double *"), ptr(rows["sdy"], "double *"), ptr(rows["smask"], "uint8_t *"),
+            ptr(rows["sval"], "double *"), cols.size, ptr(cols, "int64_t *"),
+            ctl.rtol, ctl.atol, ctl.max_steps,
+            ptr(o, "double *"), ptr(s, "int64_t *"), ptr(k, "int64_t *"),
+            ptr(pause, "double *"), ptr(resume, "double *"), ptr(save, "double *"),
+        )  # fmt: skip
 
     def solve(lo: int, hi: int) -> None:
         if hi <= lo:
             return
         sl = slice(lo, hi)
-        lib.itn_solve(
-            hi - lo,
-            t_count,
-            t_count if per_patient else 0,
-            k_count,
-            ptr(arrays["ts"][sl] if per_patient else arrays["ts"], "double *"),
-            ptr(arrays["d"][sl], "double *"),
-            ptr(arrays["m"][sl], "uint8_t *"),
-            ffi.NULL if start is None else ptr(y0[sl], "double *"),
-            ffi.NULL if start is None else ptr(c0[sl], "double *"),
-            ptr(arrays["st"][sl], "double *"),
-            ptr(arrays["sdy"][sl], "double *"),
-            ptr(arrays["smask"][sl], "uint8_t *"),
-            ptr(arrays["sval"][sl], "double *"),
-            cols.size,
-            ptr(cols, "int64_t *"),
-            ctl.rtol,
-            ctl.atol,
-            ctl.max_steps,
-            ffi.cast("double *", ffi.from_buffer(out[sl])),
-            ffi.cast("int64_t *", ffi.from_buffer(status[sl])),
-            ffi.cast("int64_t *", ffi.from_buffer(steps[sl])),
-        )
+        rows = {k: v[sl] for k, v in arrays.items() if k != "ts"}
+        rows["ts"] = arrays["ts"][sl] if per_patient else arrays["ts"]
+        if start is not None:
+            rows["y0"], rows["c0"] = y0[sl], c0[sl]
+        into = (out[sl], status[sl], steps[sl])
+        group, until = (
+            shared_prefixes(
+                rows["ts"][:, 0] if per_patient else np.full(hi - lo, rows["ts"][0]),
+                [rows[k] for k in ("d", "m", "y0", "c0") if k in rows] + ([rows["ts"]] if per_patient else []),
+                (rows["st"], rows["sdy"], rows["smask"], rows["sval"]),
+            )
+            if share
+            else (np.arange(hi - lo), np.full(hi - lo, np.inf))
+        )  # fmt: skip
+        if np.all(np.isinf(until)):
+            call(rows, into)
+            return
+        # each group's first row up to its pause time, then every row from that saved lane
+        first = np.flatnonzero(np.concatenate([[True], group[1:] != group[:-1]]))
+        heads = {k: (v if k == "ts" and not per_patient else np.ascontiguousarray(v[first])) for k, v in rows.items()}
+        g = first.size
+        # (a head writes every output row before its pause, and only those are read)
+        head_out = (np.empty((g, t_count, cols.size)), np.zeros(g, np.int64), np.zeros(g, np.int64))
+        saved = np.zeros((g, n_save))
+        call(heads, head_out, pause=np.ascontiguousarray(until), save=saved)
+        resume = np.ascontiguousarray(saved[group])
+        call(rows, into, resume=resume)
+        written = resume[:, 5].astype(np.int64)  # output rows the head wrote before it paused
+        for j in range(int(written.max(initial=0))):
+            took = np.flatnonzero(written > j)
+            into[0][took, j] = head_out[0][group[took], j]
 
     workers = max(1, threads or available_cores())
     chunk = max(1, chunk)
