@@ -1114,7 +1114,10 @@ def run_native(
             return
         # each group's first row up to its pause time, then every row from that saved lane
         first = np.flatnonzero(np.concatenate([[True], group[1:] != group[:-1]]))
-        heads = {k: (v if k == "ts" and not per_patient else np.ascontiguousarray(v[first])) for k, v in rows.items()}
+        heads = {
+            k: (v if k == "ts" and not per_patient else np.ascontiguousarray(v[first]))
+            for k, v in rows.items()
+        }
         g = first.size
         # (a head writes every output row before its pause, and only those are read)
         head_out = (np.empty((g, t_count, cols.size)), np.zeros(g, np.int64), np.zeros(g, np.int64))
