@@ -11,11 +11,16 @@ so every drawn patient is simulated once per arm: the figure is simulation throu
   the model's solver generated as C), timed from the trial definition to the endpoint tables (population draw,
   chunked simulation, outcomes, intervals), after a warm-up trial that compiles the programs:
   in process (JAX sees one CPU device per core, a chunk split over them), and on Dask ``LocalCluster``
-  s of 1 and 2 worker processes (each with the cores shared out, persistent compilation cache; the
-  timing includes starting the cluster).
+  s of 1 and 2 worker processes (each with the cores shared out, persistent compilation cache), two ways
+  (``--cluster``): ``started``, the timing includes starting the cluster and its workers' imports (a
+  cluster per trial), and ``running``, the trial on a cluster already started and warmed up by the
+  warm-up trial (as the service keeps one: ``immunetwin.service.runners.DaskRunner``).
 * libroadrunner (CVODE, stiff): the per-patient loop the field uses, both arms per patient: untreated
   ``simulate(0, 28)``; treated in three segments (0-3, set ``eps_av``, 3-8, reset, 8-28) on the same
-  output grid. Run on a subset and reported per patient. The baseline on the CPU (one core).
+  output grid. Run on a subset and reported per patient, in slices, one after each immunetwin run (the
+  shared machine's speed drifts by tens of percent within minutes, so a baseline timed once, before
+  or after, can be off for every ratio); the ratio uses the pooled rate, the JSON keeps each slice's.
+  The baseline on the CPU (one core).
 * diffrax (GPU run, ``--diffrax-patients``): a plain ``jax.vmap`` of ``diffeqsolve`` with ``Kvaerno5``
   and a PID controller whose ``jump_ts`` are the course's start and end, ``eps_av`` switched inside the
   vector field; both arms, a subset.
@@ -28,6 +33,7 @@ Targets (issue 7): at least 20x libroadrunner per CPU core on the 2-core CPU; on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -66,25 +72,34 @@ def executor(workers: int, cache: str | None) -> Any:
     return InProcess() if workers == 0 else DaskCluster(workers=workers, cache_dir=cache)
 
 
-def run_immunetwin(n: int, chunk: int, workers: int, seed: int, cache: str | None, backend: str = "xla") -> dict[str, Any]:  # fmt: skip
-    from immunetwin.cohorts import run_trial
+def run_immunetwin(n: int, chunk: int, workers: int, seed: int, cache: str | None, backend: str = "xla",
+                   running: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Warm-up trial, then the timed one. ``running``: both on one Dask session opened before the
+    clock (the cluster's start and the workers' imports are not timed); otherwise each trial gets
+    its own executor, and a Dask run's timing includes starting its cluster."""
+    from immunetwin.cohorts import Opened, run_trial
 
-    t = time.perf_counter()
-    run_trial(
-        spec(min(n, chunk), chunk, seed + 1, backend), executor=executor(workers, cache)
-    )  # warm-up: compiles
-    warm = time.perf_counter() - t
-    t = time.perf_counter()
-    res = run_trial(spec(n, chunk, seed, backend), executor=executor(workers, cache))
-    wall = time.perf_counter() - t
+    with contextlib.ExitStack() as stack:
+        if running:
+            ex = Opened(stack.enter_context(executor(workers, cache).session()))
+            make = lambda: ex  # noqa: E731
+        else:
+            make = lambda: executor(workers, cache)  # noqa: E731
+        t = time.perf_counter()
+        run_trial(spec(min(n, chunk), chunk, seed + 1, backend), executor=make())  # warm-up: compiles
+        warm = time.perf_counter() - t
+        t = time.perf_counter()
+        res = run_trial(spec(n, chunk, seed, backend), executor=make())
+        wall = time.perf_counter() - t
     ok = int(res.patients.ok.sum())
     c = res.contrast("antiviral", "peak_damage")
-    return {"workers": workers, "backend": backend, "patients": n, "wall_s": wall, "warmup_s": warm, "ok_sims": ok, "sims": 2 * n,
-            "patients_per_s": n / wall, "peak_damage_diff": [c.estimate, c.lower, c.upper],
+    return {"workers": workers, "backend": backend, "running": running, "patients": n, "wall_s": wall, "warmup_s": warm,
+            "ok_sims": ok, "sims": 2 * n, "patients_per_s": n / wall, "peak_damage_diff": [c.estimate, c.lower, c.upper],
             "params": {k: v[:2000].tolist() for k, v in res.population.parameters.items()}}  # fmt: skip
 
 
-def run_roadrunner(params: dict[str, np.ndarray], n: int) -> dict[str, Any]:
+def run_roadrunner(params: dict[str, np.ndarray], n: int, first: int = 0) -> dict[str, Any]:
+    """libroadrunner's loop over patients ``first .. first + n - 1`` of ``params``, both arms each."""
     import roadrunner
 
     from immunetwin.templates import load_template
@@ -98,7 +113,7 @@ def run_roadrunner(params: dict[str, np.ndarray], n: int) -> dict[str, Any]:
     cut = [0.0, START, START + DURATION, DAYS]
     fails, peak = 0, []
     t = time.perf_counter()
-    for i in range(n):
+    for i in range(first, first + n):
         for arm in ("none", "antiviral"):
             rr.resetAll()
             for k, v in params.items():
@@ -120,7 +135,17 @@ def run_roadrunner(params: dict[str, np.ndarray], n: int) -> dict[str, Any]:
                 fails += 1
     wall = time.perf_counter() - t
     return {"patients": n, "wall_s": wall, "patients_per_s": n / wall, "failed": fails,
-            "peak_damage_diff": float(np.mean(np.array(peak[1::2]) - np.array(peak[0::2])))}  # fmt: skip
+            "peak_damage_diff": float(np.mean(np.array(peak[1::2]) - np.array(peak[0::2]))) if peak else float("nan"),
+            "peaks": peak}  # fmt: skip
+
+
+def pool_roadrunner(slices: list[dict[str, Any]]) -> dict[str, Any]:
+    """The slices of :func:`run_roadrunner` as one run: pooled rate, and each slice's rate."""
+    n, wall = sum(s["patients"] for s in slices), sum(s["wall_s"] for s in slices)
+    peak = np.array([p for s in slices for p in s["peaks"]])
+    return {"patients": n, "wall_s": wall, "patients_per_s": n / wall, "failed": sum(s["failed"] for s in slices),
+            "peak_damage_diff": float(np.mean(peak[1::2] - peak[0::2])),
+            "slices_patients_per_s": [s["patients_per_s"] for s in slices]}  # fmt: skip
 
 
 def diffrax_child(n: int, seed: int) -> None:
@@ -185,6 +210,8 @@ def markdown(res: dict[str, Any]) -> str:
     dx_rate = dx["patients_per_s"] if dx and "wall_s" in dx else None
     for r in res["immunetwin"]:
         name = "in process" if r["workers"] == 0 else f"Dask LocalCluster, {r['workers']} worker(s)"
+        if r["workers"]:
+            name += ", running" if r.get("running") else ", started in the timing"
         ratio = f"{r['patients_per_s'] / cores / rr['patients_per_s']:.1f}x" if rr else "-"
         d = r["peak_damage_diff"]
         vs_dx = f"{r['patients_per_s'] / dx_rate:.1f}x" if dx_rate else "-"
@@ -192,8 +219,14 @@ def markdown(res: dict[str, Any]) -> str:
                      f"{r['patients_per_s']:,.0f} | {ratio} | {vs_dx} | {r['ok_sims']:,}/{r['sims']:,} sims ok; warm-up "
                      f"{r['warmup_s']:.1f} s; peak damage diff {d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}] |")  # fmt: skip
     if rr:
+        sl = rr.get("slices_patients_per_s", [])
+        spread = (
+            f"; {len(sl)} slices, one after each run: {min(sl):,.1f}-{max(sl):,.1f} patients/s"
+            if len(sl) > 1
+            else ""
+        )
         lines.append(f"| libroadrunner CVODE loop | 1 process | {rr['patients']:,} | {rr['wall_s']:.1f} | "
-                     f"{rr['patients_per_s']:,.1f} | 1.0x | - | {rr['failed']} failed; subset, same patients; "
+                     f"{rr['patients_per_s']:,.1f} | 1.0x | - | {rr['failed']} failed; subset, same patients{spread}; "
                      f"peak damage diff {rr['peak_damage_diff']:+.4f} |")  # fmt: skip
     if dx and "wall_s" in dx:
         lines.append(f"| diffrax Kvaerno5 vmap | in process | {dx['patients']:,} | {dx['wall_s']:.1f} | "
@@ -208,8 +241,13 @@ def markdown(res: dict[str, Any]) -> str:
         if rr:
             per_core = r["patients_per_s"] / cores / rr["patients_per_s"]
             ok = "MET" if per_core >= TARGET_PER_CORE else "NOT MET"
-            lines.append(f"- {r.get('backend', 'xla')}, {r['workers'] or 'in-process'} worker(s): >= {TARGET_PER_CORE:g}x libroadrunner per "
-                         f"core: {per_core:.1f}x -> **{ok}**")  # fmt: skip
+            how = (
+                ""
+                if not r["workers"]
+                else (", running cluster" if r.get("running") else ", cluster started in the timing")
+            )
+            lines.append(f"- {r.get('backend', 'xla')}, {r['workers'] or 'in-process'} worker(s){how}: >= {TARGET_PER_CORE:g}x "
+                         f"libroadrunner per core: {per_core:.1f}x -> **{ok}**")  # fmt: skip
         if m["platform"] == "gpu":
             arm_s = r["wall_s"] / 2 * 1_000_000 / r["patients"]
             ok = "MET" if arm_s <= TARGET_GPU_ARM_S else "NOT MET"
@@ -224,6 +262,9 @@ def main() -> None:
     p.add_argument("--workers", default="0,1,2", help="comma list; 0 = in process (no Dask)")
     p.add_argument("--chunk", type=int, default=2048)
     p.add_argument("--backends", default="xla,native", help="comma list of engines (xla, native)")
+    p.add_argument(
+        "--cluster", default="started,running", help="Dask runs: started (cluster start timed), running"
+    )
     p.add_argument("--rr-patients", type=int, default=1000)
     p.add_argument("--no-roadrunner", action="store_true")
     p.add_argument("--diffrax-patients", type=int, default=0)
@@ -254,18 +295,27 @@ def main() -> None:
         res: dict[str, Any] = {"machine": machine(), "command": "python benchmarks/trial.py " + " ".join(sys.argv[1:]),
                                "immunetwin": []}  # fmt: skip
         workers = [int(x) for x in a.workers.split(",") if x.strip()]
-        for backend, w in itertools.product([b.strip() for b in a.backends.split(",") if b.strip()], workers):
-            r = run_immunetwin(a.patients, a.chunk, w, a.seed, cache, backend)
-            print(
-                f"immunetwin {backend} workers={w}: {r['wall_s']:.1f} s, {r['patients_per_s']:,.0f} patients/s",
-                flush=True,
-            )
+        modes = [m.strip() == "running" for m in a.cluster.split(",") if m.strip()]
+        runs = [(b.strip(), w, mode) for b, w in itertools.product([b for b in a.backends.split(",") if b.strip()], workers)
+                for mode in (modes if w else [False])]  # fmt: skip
+        params: dict[str, np.ndarray] | None = None
+        slices: list[dict[str, Any]] = []
+        bounds: list[int] = []
+        for i, (backend, w, running) in enumerate(runs):
+            r = run_immunetwin(a.patients, a.chunk, w, a.seed, cache, backend, running)
+            print(f"immunetwin {backend} workers={w}{' running' if running else ''}: {r['wall_s']:.1f} s, "
+                  f"{r['patients_per_s']:,.0f} patients/s", flush=True)  # fmt: skip
+            got = r.pop("params")
+            if params is None:  # the same patients in every run (same seed): the baseline's subset
+                params = {k: np.asarray(v) for k, v in got.items()}
+                total = min(a.rr_patients, len(next(iter(params.values()))))
+                bounds = np.linspace(0, total, len(runs) + 1).astype(int).tolist()
             res["immunetwin"].append(r)
-        params = {k: np.asarray(v) for k, v in res["immunetwin"][0].pop("params").items()}
-        for r in res["immunetwin"][1:]:
-            r.pop("params")
-        if not a.no_roadrunner:
-            res["roadrunner"] = run_roadrunner(params, min(a.rr_patients, len(next(iter(params.values())))))
+            if not a.no_roadrunner and bounds[i + 1] > bounds[i]:
+                slices.append(run_roadrunner(params, bounds[i + 1] - bounds[i], bounds[i]))
+                print(f"libroadrunner slice {i}: {slices[-1]['patients_per_s']:.1f} patients/s", flush=True)
+        if slices:
+            res["roadrunner"] = pool_roadrunner(slices)
             print(f"libroadrunner: {res['roadrunner']['patients_per_s']:.1f} patients/s", flush=True)
         if a.diffrax_patients:
             res["diffrax"] = run_diffrax(a.diffrax_patients, a.seed, a.diffrax_limit)

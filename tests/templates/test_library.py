@@ -54,6 +54,14 @@ def test_unknown_template_names_the_known_ones(tiny_root: Path) -> None:
         load_template("../tiny", root=tiny_root)
 
 
+def test_invalid_yaml_names_the_file_and_line(tiny_root: Path) -> None:
+    path = tiny_root / "tiny" / "template.yaml"
+    path.write_text(path.read_text(encoding="utf-8").replace("title:", "title: [", 1), encoding="utf-8")
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.startswith("title:"))
+    with pytest.raises(TemplateError, match=rf"tiny/template.yaml: line {line + 1} invalid YAML"):
+        load_template("tiny", root=tiny_root)
+
+
 def test_load_reads_metadata_antimony_and_sbml(tiny_root: Path, tiny_antimony: str) -> None:
     tpl = load_template("tiny", root=tiny_root)
     assert tpl.name == "tiny" and tpl.path == tiny_root / "tiny"

@@ -76,6 +76,8 @@ class Work:
         horizon: days simulated from the template's time origin; ``step`` the output spacing (outcome
             metrics such as times to clearance are interpolated between outputs).
         probes: observables to read at given days (plausibility constraints, matching).
+        outcomes: the template's outcome metrics to compute (a trial's endpoints); ``None``: all. The
+            solver then returns only the quantities these (and the probes) read.
         rtol, atol, solver: solver settings (``rodas5p``, the stiff default, or ``dopri5``).
         backend: the engine (``xla`` or ``native``: :data:`immunetwin.engines.ode.BACKENDS`).
     """
@@ -90,9 +92,12 @@ class Work:
     solver: str = "rodas5p"
     root: str | None = None
     backend: str = "xla"
+    outcomes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "arms", tuple(self.arms))
+        if self.outcomes is not None:
+            object.__setattr__(self, "outcomes", tuple(self.outcomes))
         object.__setattr__(self, "probes", tuple(self.probes))
         if not self.arms:
             raise InputError("a cohort run needs at least one arm")
@@ -153,6 +158,7 @@ def check_work(work: Work) -> Template:
     for p in work.probes:
         if p.observable not in template.metadata.observables:
             raise UnknownIdError("observable", p.observable, tuple(template.metadata.observables))
+    template.required_ids(outcomes=work.outcomes)  # names an unknown outcome metric
     return template
 
 
@@ -181,11 +187,11 @@ def run_chunk(work: Work, parameters: Mapping[str, np.ndarray], pad_to: int = 0)
     cohort = simulate_cohort(
         template.model, times, parameters={k: np.repeat(np.asarray(v, float), a) for k, v in parameters.items()},
         schedule=schedules * n, solver=SOLVERS[work.solver](), controls=Controls(rtol=work.rtol, atol=work.atol),
-        chunk_size=n * a, outputs=template.required_ids([p.observable for p in work.probes]),
+        chunk_size=n * a, outputs=template.required_ids([p.observable for p in work.probes], work.outcomes),
         backend=work.backend,
     )  # fmt: skip
     ok = np.asarray(cohort.ok)
-    outcomes = {k: np.where(ok, np.asarray(v, float), np.nan).reshape(n, a) for k, v in template.outcomes(cohort).items()}  # fmt: skip
+    outcomes = {k: np.where(ok, np.asarray(v, float), np.nan).reshape(n, a) for k, v in template.outcomes(cohort, work.outcomes).items()}  # fmt: skip
     observed = template.observe(cohort, [p.observable for p in work.probes]) if work.probes else {}
     probes = np.stack([_read(observed[p.observable], times, p.day) for p in work.probes], axis=-1) if work.probes else np.zeros((n * a, 0))  # fmt: skip
     probes = np.where(ok[:, None], probes, np.nan)

@@ -241,7 +241,8 @@ def _run(
     arms = spec.arm_names
     params = population.parameters
     work = dict(template=template.name, horizon=spec.horizon, step=spec.step, rtol=spec.rtol, atol=spec.atol,
-                solver=spec.solver, root=str(template.path.parent), backend=spec.backend)  # fmt: skip
+                solver=spec.solver, root=str(template.path.parent), backend=spec.backend,
+                outcomes=tuple(spec.endpoints))  # fmt: skip
     if spec.design == "paired":
         res = run_chunks(Work(arms=tuple(spec.arms.values()), **work), params, chunk_size=spec.chunk_size,
                          executor=executor, progress=stage("simulation"))  # fmt: skip
