@@ -1,12 +1,23 @@
-"""Antimony <-> SBML through the ``antimony`` package (Smith et al. 2009, Bioinformatics 25:2452)."""
+"""Antimony <-> SBML through the ``antimony`` package (Smith et al. 2009, Bioinformatics 25:2452).
+
+libantimony keeps what it loaded in process-wide state (``loadAntimonyString`` then
+``getMainModuleName`` read the same tables), so two threads converting at once crashed the process
+(a segmentation fault loading a template from 4 threads) or could read each other's model. Each
+conversion holds :data:`_LIBRARY` from its ``clearPreviousLoads`` to its last read.
+"""
 
 from __future__ import annotations
+
+import threading
 
 import antimony
 
 from immunetwin.errors import MalformedModelError
 
 __all__ = ["antimony_to_sbml", "sbml_to_antimony"]
+
+#: Serialises every use of libantimony's process-wide state in this process.
+_LIBRARY = threading.Lock()
 
 
 def antimony_to_sbml(text: str, *, source: str = "<antimony>") -> str:
@@ -15,12 +26,14 @@ def antimony_to_sbml(text: str, *, source: str = "<antimony>") -> str:
     Raises:
         MalformedModelError: the Antimony text does not parse (antimony's message, with the line).
     """
-    antimony.clearPreviousLoads()
-    if antimony.loadAntimonyString(text) < 0:
-        msg = " ".join((antimony.getLastError() or "unknown error").split())
+    with _LIBRARY:
+        antimony.clearPreviousLoads()
+        failed = antimony.loadAntimonyString(text) < 0
+        msg = " ".join((antimony.getLastError() or "unknown error").split()) if failed else ""
+        name = "" if failed else antimony.getMainModuleName()
+        sbml = "" if failed else antimony.getSBMLString(name)
+    if failed:
         raise MalformedModelError(f"{source}: {msg}")
-    name = antimony.getMainModuleName()
-    sbml = antimony.getSBMLString(name)
     if not sbml:
         raise MalformedModelError(f"{source}: antimony produced no SBML for module '{name}'")
     return sbml
@@ -28,8 +41,9 @@ def antimony_to_sbml(text: str, *, source: str = "<antimony>") -> str:
 
 def sbml_to_antimony(sbml: str, *, source: str = "<sbml>") -> str:
     """Convert SBML text to Antimony."""
-    antimony.clearPreviousLoads()
-    if antimony.loadSBMLString(sbml) < 0:
-        msg = " ".join((antimony.getLastError() or "unknown error").split())
-        raise MalformedModelError(f"{source}: {msg}")
-    return antimony.getAntimonyString(antimony.getMainModuleName())
+    with _LIBRARY:
+        antimony.clearPreviousLoads()
+        if antimony.loadSBMLString(sbml) < 0:
+            msg = " ".join((antimony.getLastError() or "unknown error").split())
+            raise MalformedModelError(f"{source}: {msg}")
+        return antimony.getAntimonyString(antimony.getMainModuleName())
