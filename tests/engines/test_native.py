@@ -294,3 +294,20 @@ def test_outputs_of_states_only_equal_those_read_with_other_quantities() -> None
     np.testing.assert_array_equal(only[0], mixed[0][..., :3])
     np.testing.assert_array_equal(only[2], mixed[2])
     assert np.isfinite(only[0]).all()
+
+
+def test_threads_building_one_solver_at_once_get_one_module(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    # cffi's compile changes the process's working directory: two threads building at once (two
+    # chunks starting together on a fresh Dask worker) failed with the other's deleted folder
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(native, "_cache_dir", lambda: tmp_path)
+    model = it.load_model("model race\n  x' = -k * x + u\n  x = 1; k = 0.7; u = 0.01\nend\n")
+    source = native.c_source(model.spec, Rodas5P())
+    sizes = (len(model.spec.quantities), len(model.spec.states), len(model.spec.constants))
+    with ThreadPoolExecutor(3) as pool:
+        solvers = list(pool.map(lambda _: native._build(source, *sizes), range(3)))
+    assert len({id(s) for s in solvers}) == 1
+    assert len(list(tmp_path.glob("_immunetwin_native_*"))) == 1  # type: ignore[attr-defined]

@@ -67,6 +67,7 @@ import shutil
 import sys
 import sysconfig
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -935,8 +936,22 @@ def _compile(name: str, source: str, target_dir: Path) -> Path:
     return final
 
 
+#: One build or load at a time in this process: cffi's ``compile`` changes the process's working
+#: directory to its build folder, so two threads building at once (two chunks starting together on a
+#: fresh Dask worker) failed with the other's deleted folder.
+_BUILDING = threading.Lock()
+
+
 @lru_cache(maxsize=32)
 def _build(source: str, nq: int, n: int, nc: int) -> NativeSolver:
+    with _BUILDING:
+        return _build_alone(source, nq, n, nc)
+
+
+@lru_cache(maxsize=32)
+def _build_alone(source: str, nq: int, n: int, nc: int) -> NativeSolver:
+    """:func:`_build` under the lock; cached too, so a thread that waited for another's build of the
+    same source gets that module instead of loading it again."""
     key = _key(source)
     name = f"_immunetwin_native_{key}"
     target = _cache_dir()
