@@ -270,7 +270,8 @@ class DaskCluster:
             (``benchmarks/README.md``): a native 30,000-patient trial on a running one-worker cluster
             8,669 -> 9,401-9,989 patients/s; the XLA engine within the noise (one worker -6 %, two +8 %).
             Two chunks starting at once on a fresh worker load the template and build its solver
-            at the same time, which is safe (:mod:`immunetwin.io.antimony`).
+            at the same time, which is safe: Antimony conversions and native builds each hold a
+            lock (:mod:`immunetwin.io.antimony`, ``immunetwin.engines.native._BUILDING``).
         cpu_devices: JAX CPU devices per worker (:func:`immunetwin.runtime.use_all_cpu_cores`); default
             for a local cluster: the worker's share of the cores.
         cache_dir: JAX persistent compilation cache of the workers (``None``: none).
