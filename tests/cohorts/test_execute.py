@@ -51,3 +51,18 @@ def test_cluster_options_size_the_cluster_and_the_shares() -> None:
     cores = tuple(sorted(os.sched_getaffinity(0)))
     # the cluster's own n_workers wins over `workers`: one worker, given every core
     assert _placements(DaskCluster(workers=3, cluster_options={"n_workers": 1})) == [(cores, len(cores))]
+
+
+def test_work_computes_the_outcomes_it_names_and_refuses_unknown_ones() -> None:
+    import numpy as np
+
+    from immunetwin.cohorts import Work, run_chunks
+    from immunetwin.errors import UnknownIdError
+
+    params = {"beta": np.array([4e-5, 6e-5])}
+    one = run_chunks(Work("viral_immune", outcomes=("peak_damage",), backend="native"), params)
+    every = run_chunks(Work("viral_immune", backend="native"), params)
+    assert set(one.outcomes) == {"peak_damage"} and len(every.outcomes) > 1
+    np.testing.assert_array_equal(one.outcomes["peak_damage"], every.outcomes["peak_damage"])
+    with pytest.raises(UnknownIdError, match="nope"):
+        run_chunks(Work("viral_immune", outcomes=("nope",)), params)
