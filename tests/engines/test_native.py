@@ -194,12 +194,12 @@ def test_a_missing_compiler_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setenv("CC", "/nonexistent/cc")  # part of the module's key: nothing cached is found
     native.build.cache_clear()
-    native._build.cache_clear()
+    native._build_alone.cache_clear()
     model = it.load_model("model nocc\n  x = 1\n  x' = -k * x\n  k = 0.3\nend\n")
     with pytest.raises(SolverError, match="could not build the model with this machine's C compiler"):
         it.simulate(model, TIMES, backend="native")
     native.build.cache_clear()
-    native._build.cache_clear()
+    native._build_alone.cache_clear()
 
 
 def test_source_is_deterministic_and_cached(tmp_path: object) -> None:

@@ -942,7 +942,6 @@ def _compile(name: str, source: str, target_dir: Path) -> Path:
 _BUILDING = threading.Lock()
 
 
-@lru_cache(maxsize=32)
 def _build(source: str, nq: int, n: int, nc: int) -> NativeSolver:
     with _BUILDING:
         return _build_alone(source, nq, n, nc)
@@ -950,8 +949,8 @@ def _build(source: str, nq: int, n: int, nc: int) -> NativeSolver:
 
 @lru_cache(maxsize=32)
 def _build_alone(source: str, nq: int, n: int, nc: int) -> NativeSolver:
-    """:func:`_build` under the lock; cached too, so a thread that waited for another's build of the
-    same source gets that module instead of loading it again."""
+    """:func:`_build` under the lock, cached: a thread that waited for another's build of the same
+    source gets that module instead of loading it again."""
     key = _key(source)
     name = f"_immunetwin_native_{key}"
     target = _cache_dir()
@@ -1004,6 +1003,8 @@ def shared_prefixes(
         a = np.ascontiguousarray(a).reshape(b, -1)
         a = a.view(np.uint64 if a.itemsize == 8 else np.uint8)  # bits: NaN equals NaN, -0.0 not 0.0
         joins &= np.all(a[1:] == a[:-1], axis=1)
+    if not joins.any():  # no row repeats the one before it (a cohort without arms)
+        return np.arange(b), np.full(b, np.inf)
     values = np.where(smask, sval, 0.0)
     differ = (
         (st[1:] != st[:-1])

@@ -245,6 +245,14 @@ def _reduce(info: OutcomeInfo, values: np.ndarray, times: np.ndarray) -> np.ndar
     return np.where(np.isnan(values).any(axis=-1), np.nan, out)
 
 
+def _known(kind: str, names: Sequence[str], table: Mapping[str, Any]) -> tuple[str, ...]:
+    """``names``, each an id of ``table``; the first that is not raises :class:`UnknownIdError`."""
+    for k in names:
+        if k not in table:
+            raise UnknownIdError(kind, k, tuple(table))
+    return tuple(names)
+
+
 def _failed(traj: TrajectoryLike, batch: tuple[int, ...]) -> np.ndarray:
     status = np.asarray(getattr(traj, "status", "success"))
     return np.broadcast_to(status != "success", batch)
@@ -319,7 +327,11 @@ class Template:
     ) -> tuple[str, ...]:
         """Model ids that the outcome metrics (every one, or those named in ``outcomes``) and the
         named ``observables`` read (for ``simulate_cohort(outputs=...)``: return only those)."""
-        wanted = self.metadata.outcomes if outcomes is None else self._known_outcomes(outcomes)
+        wanted = (
+            self.metadata.outcomes
+            if outcomes is None
+            else _known("outcome metric", outcomes, self.metadata.outcomes)
+        )
         keys = [f"out:{k}" for k in wanted] + [f"obs:{k}" for k in observables]
         names = {s.name for k in keys for s in self._expressions[k].free_symbols} - {"time"}
         return tuple(sorted(names))
@@ -327,17 +339,12 @@ class Template:
     def observe(self, traj: TrajectoryLike, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Every observable's formula (or those in ``names``) evaluated over a trajectory (or a cohort:
         shape ``(B, T)``)."""
-        for k in names or ():
-            if k not in self.metadata.observables:
-                raise UnknownIdError("observable", k, tuple(self.metadata.observables))
-        keys = self.metadata.observables if names is None else names
+        keys = (
+            self.metadata.observables
+            if names is None
+            else _known("observable", names, self.metadata.observables)
+        )
         return {k: _evaluate(self._expressions[f"obs:{k}"], traj) for k in keys}
-
-    def _known_outcomes(self, names: Sequence[str]) -> tuple[str, ...]:
-        for k in names:
-            if k not in self.metadata.outcomes:
-                raise UnknownIdError("outcome metric", k, tuple(self.metadata.outcomes))
-        return tuple(names)
 
     def outcomes(self, traj: TrajectoryLike, names: Sequence[str] | None = None) -> dict[str, Any]:
         """Every outcome metric of a trajectory (or those in ``names``): a float each, or an array of
@@ -350,7 +357,11 @@ class Template:
         """
         times = np.asarray(traj.times, dtype=float)
         result: dict[str, Any] = {}
-        keys = self.metadata.outcomes if names is None else self._known_outcomes(names)
+        keys = (
+            self.metadata.outcomes
+            if names is None
+            else _known("outcome metric", names, self.metadata.outcomes)
+        )
         for key in keys:
             info = self.metadata.outcomes[key]
             values = _evaluate(self._expressions[f"out:{key}"], traj)
