@@ -4,6 +4,8 @@ thread count and companions; failures reported by status; what it cannot run ref
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -311,3 +313,29 @@ def test_threads_building_one_solver_at_once_get_one_module(
         solvers = list(pool.map(lambda _: native._build(source, *sizes), range(3)))
     assert len({id(s) for s in solvers}) == 1
     assert len(list(tmp_path.glob("_immunetwin_native_*"))) == 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("order", [3, 4, 5])
+def test_the_controllers_root_is_within_two_ulp_of_the_exact_one(order: int) -> None:
+    # x^(-1/order) by the generated C's vector iteration (what the step-size factor 0.9 en^(-1/order)
+    # uses instead of pow), against 60-digit arithmetic over the range where the factor is not clipped
+    mpmath = pytest.importorskip("mpmath")
+
+    method = dataclasses.replace(Rodas5P(), order=order)  # Rodas5P's stages, this controller's exponent
+    model = it.load_model("model m\n  x' = -k * x\n  x = 1; k = 1\nend\n")
+    source = native.c_source(model.spec, method)
+    solver = native._build(source, len(model.spec.quantities), 1, len(model.spec.constants))
+    rng = np.random.default_rng(order)
+    lo, hi = native._ROOT_RANGE
+    x = np.concatenate([np.exp(rng.uniform(np.log(lo), np.log(hi), 3000)), [lo, hi, 1.0, 2.0, 0.5, np.nextafter(1.0, 0), np.nextafter(2.0, 0)]])  # fmt: skip
+    got = np.empty_like(x)
+    solver.lib.itn_root_inverse(x.size, solver.ffi.cast("double *", x.ctypes.data), solver.ffi.cast("double *", got.ctypes.data))  # fmt: skip
+    mpmath.mp.dps = 60
+    exact = np.array([float(mpmath.mpf(float(v)) ** (mpmath.mpf(-1) / order)) for v in x])
+    assert np.max(np.abs(got - exact) / np.spacing(exact)) <= 2.0
+    # outside the range the input is clamped (the factor is clipped there anyway); NaN and inf too
+    edges = np.array([0.0, 1e-300, lo / 2, np.nan, np.inf, hi * 2])
+    out = np.empty_like(edges)
+    solver.lib.itn_root_inverse(edges.size, solver.ffi.cast("double *", edges.ctypes.data), solver.ffi.cast("double *", out.ctypes.data))  # fmt: skip
+    low, high = got[x.size - 7], got[x.size - 6]
+    np.testing.assert_array_equal(out, [low, low, low, low, high, high])
