@@ -339,3 +339,36 @@ def test_the_controllers_root_is_within_two_ulp_of_the_exact_one(order: int) -> 
     solver.lib.itn_root_inverse(edges.size, solver.ffi.cast("double *", edges.ctypes.data), solver.ffi.cast("double *", out.ctypes.data))  # fmt: skip
     low, high = got[x.size - 7], got[x.size - 6]
     np.testing.assert_array_equal(out, [low, low, low, low, high, high])
+
+
+@pytest.mark.parametrize(("name", "width"), [("viral_immune", 8), ("constructs", 2)])
+def test_the_lane_count_changes_no_bits(name: str, width: int) -> None:
+    # a solver stepping `width` patients per vector (8: AVX-512's) against the 4-lane one: lanes are
+    # independent and element-wise, so every patient's outputs, status and steps are the same bits
+    model = load_template(name).model if name != "constructs" else it.load_model(CONSTRUCTS)
+    if name == "constructs":
+        from immunetwin.engines.ode import _declared, _overrides, _prepare_times, _stops
+
+        _, ts, _ = _prepare_times(TIMES, 0.0)
+        d, m = _declared(
+            model, _overrides(model, _varied(model, ["K", "k1", "r"], 13, 5), "parameter", 13), 13
+        )
+        stops = _stops(model, [it.Schedule()] * 13, model.spec.constants)
+    else:
+        ts, d, m, stops = _trial_rows(model, _arms(model), 7, seed=11)  # 35 rows: lanes left over
+    sizes = (len(model.spec.quantities), len(model.spec.states), len(model.spec.constants))
+    four = native._build(native.c_source(model.spec, Rodas5P(), lanes=4), *sizes)
+    other = native._build(native.c_source(model.spec, Rodas5P(), lanes=width), *sizes)
+    assert four.key != other.key
+    a = native.run_native(four, ts, d, m, stops, it.Controls(), 4096, None, None, threads=2)
+    b = native.run_native(other, ts, d, m, stops, it.Controls(), 4096, None, None, threads=2)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(y, x)
+    assert (a[1] == 0).all()
+
+
+def test_lanes_are_a_power_of_two() -> None:
+    model = it.load_model("model m\n  x' = -k * x\n  x = 1; k = 1\nend\n")
+    assert native.lanes() in (4, 8)
+    with pytest.raises(InputError, match="lanes must be a power of two"):
+        native.c_source(model.spec, Rodas5P(), lanes=6)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from immunetwin.engines import native
-from immunetwin.engines.native_jax import _distinct_rows, _groups
+from immunetwin.engines.native_jax import FIT_LANES, _distinct_rows, _groups
 
 
 def test_distinct_rows_by_bits_over_all_inputs_in_first_seen_order() -> None:
@@ -50,4 +49,4 @@ def test_groups_fill_the_idle_lanes(rows: int, directions: int, expected: tuple[
     groups, per = _groups(rows, directions)
     assert (groups, per) == expected
     assert groups * per >= directions and (groups - 1) * per < directions  # every direction, no empty group
-    assert rows >= native.LANES or rows * groups <= native.LANES
+    assert rows >= FIT_LANES or rows * groups <= FIT_LANES

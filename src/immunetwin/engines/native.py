@@ -23,10 +23,10 @@ about 1.7 us per patient-step on a core of the 2-core AMD EPYC for the 14-state 
   decision the step counts differ a little (4 of 60 prior-drawn ``viral_tiv`` simulations, by 2 to 4
   steps) and answers agree within the tolerances.
 
-A thread steps :data:`LANES` patients at once, each one element of a GCC vector (``vector_size``):
+A thread steps :func:`lanes` patients at once (8 with AVX-512, else 4), each one element of a GCC vector (``vector_size``):
 scalar C was latency-bound (the unrolled LU solve is one long dependency chain per patient: 1.9 us
 per step), four independent chains overlap (0.83 us) and, with AVX2, one instruction carries all four
-(0.37 us). A step forms the dense-output rows only when an output time of some lane falls inside it
+(0.37 us); with AVX-512, eight lanes in one register 25 % faster again. A step forms the dense-output rows only when an output time of some lane falls inside it
 (29 daily outputs against ~345 steps), and the factorisation takes one reciprocal per pivot instead of
 a division per entry below it: together 11.5 % less CPU per ``viral_immune`` patient
 (``benchmarks/README.md``). Where every output column is a state (a trial's endpoints read states
@@ -106,18 +106,44 @@ CFLAGS: tuple[str, ...] = ("-O2", "-fno-math-errno", "-ffp-contract=off", "-w")
 
 
 @lru_cache(maxsize=1)
-def _target_flags() -> tuple[str, ...]:
-    """``-mavx2`` on an x86-64 processor that has AVX2 (a 4-lane vector is then one register: the
-    step ran 2.1x faster on the 2-core AMD EPYC, ``benchmarks/README.md``), else nothing. Only
-    element-wise IEEE operations change width, so results do not depend on it; it is part of the
-    module's key."""
+def _target() -> tuple[int, tuple[str, ...]]:
+    """(lanes, compiler flags) for this machine's vector unit, the widest it has of:
+
+    * x86-64 with AVX-512 (F and DQ): 8 lanes, ``-mavx512f -mavx512dq`` (a vector is one 512-bit
+      register): a two-arm ``viral_immune`` trial's patients 25 % faster per core than 4 lanes with
+      AVX2 on a 2-core Intel Xeon with AVX-512, the same bits (``benchmarks/README.md``);
+    * x86-64 with AVX2: 4 lanes, ``-mavx2`` (a 4-lane vector is one register: the step ran 2.1x
+      faster on the 2-core AMD EPYC). 8 lanes in two AVX2 registers each ran 1.6x slower (the
+      stages' vectors no longer fit the 16 registers);
+    * anything else: 4 lanes, the compiler's default target.
+
+    Lanes are independent and only element-wise IEEE operations change width, so results do not
+    depend on either (``tests/engines/test_native.py``); both are part of the module's key."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return ()
+        return 4, ()
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        info = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return ()
-    return ("-mavx2",) if re.search(r"^flags\s*:.*\bavx2\b", flags, re.M) else ()
+        return 4, ()
+    found = re.search(r"^flags\s*:(.*)$", info, re.M)
+    flags = set(found.group(1).split()) if found else set()
+    if {"avx512f", "avx512dq"} <= flags:
+        # -Wno-psabi: GCC notes once that 64-byte vector arguments changed ABI in GCC 4.6 (static
+        # functions only here: nothing crosses a library boundary)
+        return 8, ("-mavx512f", "-mavx512dq", "-Wno-psabi")
+    return 4, ("-mavx2",) if "avx2" in flags else ()
+
+
+def _target_flags() -> tuple[str, ...]:
+    return _target()[1]
+
+
+def lanes() -> int:
+    """Patients one thread steps at once on this machine (:func:`_target`): one per element of a
+    GCC vector (``vector_size``), the stages of a step run on all of them at once, so their
+    independent dependency chains (the LU solve is one long chain per patient) overlap and one SIMD
+    instruction carries them."""
+    return _target()[0]
 
 
 _SIGNATURE = """
@@ -177,11 +203,6 @@ class _CPrinter(C99CodePrinter):
         return "NAN"
 
 
-#: Patients stepped together by one thread, one per element of a GCC vector (``vector_size``): the
-#: stages of a step run on all of them at once, so their independent dependency chains (the LU
-#: solve is one long chain per patient) overlap, and the compiler uses SIMD where the target has it.
-LANES = 4
-
 _VECTOR_FUNCTIONS = {
     "exp": "exp",
     "log": "log",
@@ -208,7 +229,7 @@ _VECTOR_FUNCTIONS = {
 
 
 class _VectorPrinter(_CPrinter):
-    """Expressions over ``vd`` (a GCC vector of :data:`LANES` doubles): arithmetic is element-wise
+    """Expressions over ``vd`` (a GCC vector of :func:`lanes` doubles): arithmetic is element-wise
     as written (a number operand is broadcast), functions map element by element (``v_exp``),
     conditions are lane masks (``&``, ``|``, ``~``), Piecewise is ``v_where``."""
 
@@ -356,9 +377,13 @@ def _lu(
     return slot, factor, solve
 
 
-def c_source(spec: ModelSpec, method: AbstractMethod) -> str:
-    """The C translation unit of ``spec``'s solver with ``method`` (a Rosenbrock tableau)."""
+def c_source(spec: ModelSpec, method: AbstractMethod, *, lanes: int | None = None) -> str:
+    """The C translation unit of ``spec``'s solver with ``method`` (a Rosenbrock tableau), stepping
+    ``lanes`` patients at once per thread (default: this machine's, :func:`lanes`)."""
     check_supported(spec, method)
+    width = _target()[0] if lanes is None else int(lanes)
+    if width < 1 or width & (width - 1):  # GCC's vector_size: a power of two
+        raise InputError(f"lanes must be a power of two (1, 2, 4, 8...), got {lanes}")
     scalar = _Names(spec, printer=_CPrinter())
     vector = _Names(spec, printer=_VectorPrinter())
     n, nc, nq = len(spec.states), len(spec.constants), len(spec.quantities)
@@ -398,7 +423,7 @@ def c_source(spec: ModelSpec, method: AbstractMethod) -> str:
         f"#define NC {nc}",
         f"#define NQ {nq}",
         f"#define NNZ {len(terms.pattern)}",
-        f"#define L {LANES}",
+        f"#define L {width}",
         _VECTOR_HELPERS,
     ]
 
@@ -580,7 +605,7 @@ def _extends(row: np.ndarray, previous: np.ndarray, s: int) -> bool:
 
 
 def _rosenbrock_step(method: AbstractMethod) -> list[str]:
-    """One step of the method's tableau for :data:`LANES` patients, unrolled over its 8 stages with
+    """One step of the method's tableau for :func:`lanes` patients, unrolled over its 8 stages with
     the coefficients as literals (the stage equations of :mod:`immunetwin.engines.solvers`): ``y1``,
     the error estimate ``k8`` and, when ``want_dense``, the dense-output rows ``H @ K`` of the states
     ``need[:n_need]`` (those the outputs read).
@@ -643,7 +668,7 @@ def _rosenbrock_step(method: AbstractMethod) -> list[str]:
     return out
 
 
-# The adaptive loop of immunetwin.engines.integrate, for LANES patients at a time: a lane whose
+# The adaptive loop of immunetwin.engines.integrate, for L patients at a time (lanes()): a lane whose
 # patient has finished takes the next one at once. The control (outputs, step size, stops) is scalar
 # per lane; the step itself is one vector call for all lanes.
 _LOOP = r"""
@@ -1046,10 +1071,11 @@ def _build_alone(source: str, nq: int, n: int, nc: int) -> NativeSolver:
 
 
 @lru_cache(maxsize=32)
-def build(spec: ModelSpec, method: AbstractMethod) -> NativeSolver:
+def build(spec: ModelSpec, method: AbstractMethod, *, lanes: int | None = None) -> NativeSolver:
     """The native solver of ``spec`` with ``method``, built once per machine (then loaded), generated
-    once per process."""
-    source = c_source(spec, method)
+    once per process; ``lanes`` patients per vector (default: this machine's widest, :func:`lanes`,
+    for cohorts; a fit's few points take 4, :data:`immunetwin.engines.native_jax.FIT_LANES`)."""
+    source = c_source(spec, method, lanes=lanes)
     return _build(source, len(spec.quantities), len(spec.states), len(spec.constants))
 
 
@@ -1224,7 +1250,7 @@ def run_native(
 
     workers = max(1, threads or available_cores())
     chunk = max(1, chunk)
-    if workers == 1 or b <= LANES:  # one thread's work: no pool (a small batch is latency-bound)
+    if workers == 1 or b <= lanes():  # one thread's work: no pool (a small batch is latency-bound)
         for lo in range(0, b, chunk):
             solve(lo, min(b, lo + chunk))
             if progress is not None:
@@ -1242,13 +1268,14 @@ def run_native(
 
 @lru_cache(maxsize=32)
 def build_sensitivities(
-    spec: ModelSpec, method: AbstractMethod, directions: int
+    spec: ModelSpec, method: AbstractMethod, directions: int, *, lanes: int | None = None
 ) -> tuple[NativeSolver, SensitivitySpec]:
     """The native solver of ``spec`` with its forward sensitivity equations along ``directions``
-    seeded directions (:func:`~immunetwin.engines.sensitivity.sensitivity_spec`), and that spec."""
+    seeded directions (:func:`~immunetwin.engines.sensitivity.sensitivity_spec`), and that spec;
+    ``lanes`` as :func:`build`."""
     check_supported(spec, method)
     sens = sensitivity_spec(spec, directions)
-    return build(sens.spec, method), sens
+    return build(sens.spec, method, lanes=lanes), sens
 
 
 def _no_stops(b: int, n: int, nc: int) -> tuple[np.ndarray, ...]:

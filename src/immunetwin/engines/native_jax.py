@@ -80,12 +80,19 @@ def _distinct_rows(arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarr
     return np.asarray(first, dtype=np.int64), rank
 
 
+#: Lanes per vector of a fit's solvers, on every machine: a fit steps a few points at once (a start,
+#: a chain), so wider vectors would mostly carry idle lanes (8 lanes with AVX-512 made ``viral_immune``'s
+#: NUTS 1.5x slower, ``benchmarks/README.md``), and :func:`_groups` then splits a fit's directions
+#: alike, giving the same gradients, on every machine.
+FIT_LANES = 4
+
+
 def _groups(rows: int, directions: int) -> tuple[int, int]:
-    """(groups, directions per group) for ``rows`` distinct points: their directions spread over the
-    lanes of one vector; one group when the rows fill it."""
-    if rows >= native.LANES:
+    """(groups, directions per group) for ``rows`` distinct points: their directions spread over
+    :data:`FIT_LANES` lanes; one group when the rows fill them."""
+    if rows >= FIT_LANES:
         return 1, directions
-    per = -(-directions // min(native.LANES // rows, directions))
+    per = -(-directions // min(FIT_LANES // rows, directions))
     return -(-directions // per), per
 
 
@@ -188,12 +195,16 @@ class NativeFunctions:
         on this machine; ``"callback"``: ``jax.pure_callback``. Both give the same numbers."""
         if bridge not in ("ffi", "callback"):
             raise InputError(f"bridge must be 'ffi' or 'callback', got '{bridge}'")
-        plain = native.build(spec, method)
-        sens = native.build_sensitivities(spec, method, directions) if directions > 0 else None
+        plain = native.build(spec, method, lanes=FIT_LANES)
+        sens = (
+            native.build_sensitivities(spec, method, directions, lanes=FIT_LANES) if directions > 0 else None
+        )
         split: list[tuple[native.NativeSolver, SensitivitySpec] | None] = []
-        for b in range(1, native.LANES):  # the split solvers of small batches, now rather than mid-fit
+        for b in range(1, FIT_LANES):  # the split solvers of small batches, now rather than mid-fit
             groups, per = _groups(b, directions) if directions > 0 else (1, 0)
-            split.append(native.build_sensitivities(spec, method, per) if groups > 1 else None)
+            split.append(
+                native.build_sensitivities(spec, method, per, lanes=FIT_LANES) if groups > 1 else None
+            )
         lib = native_ffi.handlers() if bridge == "ffi" else None
         keys = None
         if lib is not None:
@@ -231,7 +242,7 @@ class NativeFunctions:
         groups, per = _groups(b, dirs)
         if groups <= 1 or self.spec is None or self.method is None:
             return native.solve_sensitivities(solver, spec, ts, y0, c, dy0, dc, self.controls)
-        sub_solver, sub_spec = native.build_sensitivities(self.spec, self.method, per)
+        sub_solver, sub_spec = native.build_sensitivities(self.spec, self.method, per, lanes=FIT_LANES)
         pad = groups * per - dirs
         dy0_p = np.concatenate([dy0, np.zeros((*dy0.shape[:2], pad))], axis=2)
         dc_p = np.concatenate([dc, np.zeros((*dc.shape[:2], pad))], axis=2)
