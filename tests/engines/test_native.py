@@ -372,3 +372,13 @@ def test_lanes_are_a_power_of_two() -> None:
     assert native.lanes() in (4, 8)
     with pytest.raises(InputError, match="lanes must be a power of two"):
         native.c_source(model.spec, Rodas5P(), lanes=6)
+
+
+def test_a_cohort_takes_wide_vectors_only_when_every_thread_fills_one() -> None:
+    wide = native.lanes()
+    narrow = min(wide, 4)
+    assert native.lanes_for(1, threads=1) == narrow
+    assert native.lanes_for(wide, threads=1) == wide
+    assert native.lanes_for(2 * wide - 1, threads=2) == narrow
+    assert native.lanes_for(2 * wide, threads=2) == wide
+    assert native.lanes_for(10**6) == wide

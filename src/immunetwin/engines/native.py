@@ -23,11 +23,12 @@ about 1.7 us per patient-step on a core of the 2-core AMD EPYC for the 14-state 
   decision the step counts differ a little (4 of 60 prior-drawn ``viral_tiv`` simulations, by 2 to 4
   steps) and answers agree within the tolerances.
 
-A thread steps :func:`lanes` patients at once (8 with AVX-512, else 4), each one element of a GCC vector (``vector_size``):
-scalar C was latency-bound (the unrolled LU solve is one long dependency chain per patient: 1.9 us
-per step), four independent chains overlap (0.83 us) and, with AVX2, one instruction carries all four
-(0.37 us); with AVX-512, eight lanes in one register 25 % faster again. A step forms the dense-output rows only when an output time of some lane falls inside it
-(29 daily outputs against ~345 steps), and the factorisation takes one reciprocal per pivot instead of
+A thread steps :func:`lanes` patients at once (8 with AVX-512, else 4), each one element of a GCC
+vector (``vector_size``): scalar C was latency-bound (the unrolled LU solve is one long dependency
+chain per patient: 1.9 us per step), four independent chains overlap (0.83 us) and, with AVX2, one
+instruction carries all four (0.37 us); with AVX-512, eight lanes in one register ran 25 % faster
+again per core. A step forms the dense-output rows only when an output time of some lane falls
+inside it (29 daily outputs against ~345 steps), and the factorisation takes one reciprocal per pivot instead of
 a division per entry below it: together 11.5 % less CPU per ``viral_immune`` patient
 (``benchmarks/README.md``). Where every output column is a state (a trial's endpoints read states
 only), a step forms the dense-output rows of those states alone and an output copies them, without
@@ -110,8 +111,8 @@ def _target() -> tuple[int, tuple[str, ...]]:
     """(lanes, compiler flags) for this machine's vector unit, the widest it has of:
 
     * x86-64 with AVX-512 (F and DQ): 8 lanes, ``-mavx512f -mavx512dq`` (a vector is one 512-bit
-      register): a two-arm ``viral_immune`` trial's patients 25 % faster per core than 4 lanes with
-      AVX2 on a 2-core Intel Xeon with AVX-512, the same bits (``benchmarks/README.md``);
+      register): a ``viral_immune`` cohort 25 % faster on one core (21 % on two) than 4 lanes with
+      AVX2, on a 2-core Intel Xeon with AVX-512, with the same bits (``benchmarks/README.md``);
     * x86-64 with AVX2: 4 lanes, ``-mavx2`` (a 4-lane vector is one register: the step ran 2.1x
       faster on the 2-core AMD EPYC). 8 lanes in two AVX2 registers each ran 1.6x slower (the
       stages' vectors no longer fit the 16 registers);
@@ -144,6 +145,18 @@ def lanes() -> int:
     independent dependency chains (the LU solve is one long chain per patient) overlap and one SIMD
     instruction carries them."""
     return _target()[0]
+
+
+def lanes_for(rows: int, threads: int | None = None) -> int:
+    """The lanes to solve ``rows`` patients with over ``threads`` threads (default: this process's
+    cores, as :func:`run_native`): :func:`lanes` when every thread gets at least a full vector of
+    patients, else at most 4. A wide vector's idle lanes are not free: on the 2-core Intel Xeon with
+    AVX-512, one ``viral_immune`` patient took 0.42 ms with 4 lanes and 0.61 ms with 8, and 8 patients
+    on one thread 0.94 and 0.74 ms (``benchmarks/README.md``). The results are the same bits either
+    way."""
+    wide = lanes()
+    workers = max(1, threads or available_cores())
+    return wide if rows >= wide * workers else min(wide, 4)
 
 
 _SIGNATURE = """

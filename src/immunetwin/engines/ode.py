@@ -442,7 +442,7 @@ def _run(
     backend: str = "xla",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if backend == "native":
-        solver = native.build(model.spec, method)
+        solver = native.build(model.spec, method, lanes=native.lanes_for(d.shape[0]))
         return native.run_native(solver, ts_full, d, m, stops, ctl, chunk, progress, columns)
     trig0 = np.array([e.initial_value for e in model.spec.events], dtype=bool)
     b = d.shape[0]
