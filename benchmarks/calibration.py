@@ -40,7 +40,8 @@ tolerances to the MAP's over 200 of each tool's draws: the error the looser solv
 density the sampler saw. ``--chain-method parallel`` (default): each chain is one program,
 compiled once and run by one thread per core (pyPESTO's sampler runs its chains one after another on one core: the posterior
 walls compare the tools as each is used, not per core); ``vectorized``: the 4 chains in lockstep as one
-batched program on one device. NUTS is not started when ``seconds per value+grad x chains x (warm-up + draws) x 10`` (leapfrog steps per iteration; 15-59 were
+batched program on one device. ``--target-accept``: NUTS's target acceptance probability in warm-up
+(default 0.8; a higher one takes smaller steps, more of them, and fewer divergences). NUTS is not started when ``seconds per value+grad x chains x (warm-up + draws) x 10`` (leapfrog steps per iteration; 15-59 were
 measured on viral_tiv) exceeds ``--max-seconds``. The table says which.
 
 pyPESTO 0.7 without AMICI: ``PetabImporter(petab_problem, simulator_type="roadrunner")`` (CVODE at
@@ -272,7 +273,7 @@ def immunetwin_posterior(
     spec = {"yaml": str(yaml_path), "inits": inits, "seed": a.seed + 1, "chains": a.chains, "metric": metric,
             "draws": a.draws, "warmup": a.warmup, "cache": str(cache), "out": str(cache.parent / "nuts.json"),
             "backend": a.backend, "chain_method": a.chain_method, "rtol": a.posterior_rtol,
-            "atol": a.posterior_atol}  # fmt: skip
+            "atol": a.posterior_atol, "target_accept": a.target_accept}  # fmt: skip
     spec_path = cache.parent / "nuts-spec.json"
     spec_path.write_text(json.dumps(spec))
     try:
@@ -362,6 +363,7 @@ def nuts_child(spec_path: Path) -> None:
             warmup=spec["warmup"], init=np.asarray(spec["inits"]),
             metric="adapt" if spec["metric"] == "dense" else spec["metric"],
             dense_mass=spec["metric"] != "adapt", chain_method=method,
+            target_accept=spec.get("target_accept", 0.8),
         )  # fmt: skip
     draws = post.idata.posterior["theta"].values
     r |= diagnostics(draws)
@@ -791,6 +793,12 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         metavar="PROBLEM=METRIC",
         help=f"one problem's NUTS metric (repeat; default {' '.join('='.join(p) for p in PROBLEM_METRICS)})",
+    )
+    add(
+        "--target-accept",
+        type=float,
+        default=0.8,
+        help="NUTS's target acceptance probability in warm-up (default 0.8, NumPyro's and Stan's)",
     )
     add(
         "--posterior-rtol",
