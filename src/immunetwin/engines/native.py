@@ -23,8 +23,8 @@ about 1.7 us per patient-step on a core of the 2-core AMD EPYC for the 14-state 
   decision the step counts differ a little (4 of 60 prior-drawn ``viral_tiv`` simulations, by 2 to 4
   steps) and answers agree within the tolerances.
 
-A thread steps :func:`lanes` patients at once (8 with AVX-512, else 4), each one element of a GCC
-vector (``vector_size``): scalar C was latency-bound (the unrolled LU solve is one long dependency
+A thread steps :func:`lanes` patients at once (8 with AVX-512, else 4; a cohort too small to fill
+them, and a fit, 4: :func:`lanes_for`), each one element of a GCC vector (``vector_size``): scalar C was latency-bound (the unrolled LU solve is one long dependency
 chain per patient: 1.9 us per step), four independent chains overlap (0.83 us) and, with AVX2, one
 instruction carries all four (0.37 us); with AVX-512, eight lanes in one register ran 25 % faster
 again per core. A step forms the dense-output rows only when an output time of some lane falls
