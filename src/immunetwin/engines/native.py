@@ -24,12 +24,13 @@ about 1.7 us per patient-step on a core of the 2-core AMD EPYC for the 14-state 
   steps) and answers agree within the tolerances.
 
 A thread steps :func:`lanes` patients at once (8 with AVX-512, else 4; a cohort too small to fill
-them, and a fit, 4: :func:`lanes_for`), each one element of a GCC vector (``vector_size``): scalar C was latency-bound (the unrolled LU solve is one long dependency
-chain per patient: 1.9 us per step), four independent chains overlap (0.83 us) and, with AVX2, one
-instruction carries all four (0.37 us); with AVX-512, eight lanes in one register ran 25 % faster
-again per core. A step forms the dense-output rows only when an output time of some lane falls
-inside it (29 daily outputs against ~345 steps), and the factorisation takes one reciprocal per pivot instead of
-a division per entry below it: together 11.5 % less CPU per ``viral_immune`` patient
+them, and a fit, 4: :func:`lanes_for`), each one element of a GCC vector (``vector_size``): scalar
+C was latency-bound (the unrolled LU solve is one long dependency chain per patient: 1.9 us per
+step), four independent chains overlap (0.83 us) and, with AVX2, one instruction carries all four
+(0.37 us); with AVX-512, eight lanes in one register ran 25 % faster again per core. A step forms
+the dense-output rows only when an output time of some lane falls inside it (29 daily outputs
+against ~345 steps), and the factorisation takes one reciprocal per pivot instead of a division per
+entry below it: together 11.5 % less CPU per ``viral_immune`` patient
 (``benchmarks/README.md``). Where every output column is a state (a trial's endpoints read states
 only), a step forms the dense-output rows of those states alone and an output copies them, without
 the constants or the other quantities. Control (outputs, step size, stops) is scalar per lane, and a
@@ -920,7 +921,7 @@ void itn_solve_from(int64_t b, int64_t t_count, int64_t ts_stride, int64_t k_cou
             finite_y &= (vl)(y1[i] - y1[i] == 0.0);
         }
         vl accept_mask = VFALSE;
-        vd env = N == 0 ? vsplat(0.0) : total / (double)(N > 0 ? N : 1);
+        vd env = N == 0 ? vsplat(0.0) : total / (double)NN;
         for (int l = 0; l < L; l++) env[l] = sqrt(env[l]);
         const vl finite_v = (vl)(env - env == 0.0) & finite_y;
         const vd root = v_root_inverse(v_where(finite_v, env, vsplat(INFINITY)));  /* safe_en^(-1/ORDER) */
