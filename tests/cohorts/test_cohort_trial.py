@@ -23,6 +23,7 @@ from immunetwin.cohorts import (
     sample_population,
     write_trial,
 )
+from immunetwin.cohorts.execute import guided_bounds
 from immunetwin.errors import InputError, UnknownIdError
 from immunetwin.templates import Template
 
@@ -123,6 +124,13 @@ def test_native_backend_results_do_not_depend_on_chunks_or_workers(tiv: Template
         run_chunks(work, pop.parameters, chunk_size=7, executor=InProcess(overlap=3)),
         run_chunks(work, pop.parameters, chunk_size=4, executor=DaskCluster(workers=2, cpu_devices=1)),
     ]
+    # the last chunks cut finer (1-patient pieces allowed): 5 chunks of 7 -> more, smaller tasks
+    tasks: list[int] = []
+    runs.append(
+        run_chunks(work, pop.parameters, chunk_size=7, progress=lambda d, t: tasks.append(t),
+                   executor=DaskCluster(workers=2, cpu_devices=1, smallest_piece=1))
+    )  # fmt: skip
+    assert set(tasks) == {len(guided_bounds(30, 7, 4, 1)) - 1} and tasks[0] > 5
     ref = runs[0]
     assert ref.ok.all()
     for other in runs[1:]:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -43,18 +44,41 @@ from immunetwin.errors import InputError, UnknownIdError
 from immunetwin.templates import Template, load_template
 
 __all__ = [
+    "LOCAL_CONFIG",
     "ChunkResult",
     "DaskCluster",
     "InProcess",
     "Opened",
     "Probe",
     "Work",
+    "balance_tail",
+    "guided_bounds",
     "run_chunk",
     "run_chunks",
     "share_cores",
 ]
 
 SOLVERS = {"rodas5p": Rodas5P, "dopri5": Dopri5}
+LOCAL_CONFIG: Mapping[str, Any] = MappingProxyType(
+    {
+        # glibc's own (adaptive) trimming: Dask's fixed 64 KiB threshold also fixes the mmap threshold,
+        # so every array of a chunk was fresh pages; two workers took ~220,000 page faults each in a
+        # 100,000-patient trial, ~35,000 without, and ran 3-7 % faster (``benchmarks/README.md``)
+        "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+        # monitors that serve a dashboard this cluster does not have: the statistical profiler samples
+        # every thread's stack every 10 ms, the event loop ticks every 20 ms. Idle, two workers and the
+        # scheduler used 0.52 CPU seconds per 5 s with Dask's defaults and 0.06 with these
+        "distributed.worker.profile.enabled": False,
+        "distributed.admin.tick.interval": "1s",
+        "distributed.admin.system-monitor.interval": "5s",
+        "distributed.worker.memory.monitor-interval": "1s",
+    }
+)
+"""Dask settings of a local cluster started by :class:`DaskCluster` (its ``config`` default)."""
+TAIL_PIECE = 128
+"""The smallest piece :func:`balance_tail` cuts: on the 2-core CPU a native two-arm ``viral_immune``
+piece of 128 patients costs ~1 ms more than its share of a 2,048-patient chunk (17.9 against 16.9 ms,
+one core, ``benchmarks/README.md``)."""
 Progress = Callable[[int, int], None]
 
 
@@ -173,14 +197,15 @@ def run_chunk(work: Work, parameters: Mapping[str, np.ndarray], pad_to: int = 0)
     """Simulate every patient of one chunk under every arm (one batched solve, patient-major order).
 
     ``pad_to``: solve at least this many patients (the chunk repeated, the copies dropped), so that a
-    short last chunk reuses the program compiled for the full ones.
+    short last chunk reuses the program compiled for the full ones. Ignored by the native backend,
+    which compiles nothing per shape.
     """
     from immunetwin.decisions.scenarios import scenario
 
     template = _template(work.template, work.root)
     schedules = [scenario(template, arm).schedule for arm in work.arms]
     keep = len(next(iter(parameters.values())))
-    if pad_to > keep:
+    if pad_to > keep and work.backend != "native":
         parameters = {k: np.resize(np.asarray(v, float), pad_to) for k, v in parameters.items()}
     n, a = len(next(iter(parameters.values()))), len(schedules)
     times = work.times
@@ -281,6 +306,15 @@ class DaskCluster:
             ran a trial 1.3-1.5x slower than one (their XLA threads roam over both cores); pinned,
             two are faster than one once started (``benchmarks/README.md``). Ignored for an ``address``:
             this process cannot see that cluster's machines.
+        config: Dask settings the local cluster is started with (its scheduler, nannies and
+            workers; this process's own settings are left as they were). Default
+            :data:`LOCAL_CONFIG`; ``{}`` keeps Dask's own. As in Dask, an environment variable
+            this process already has wins over ``distributed.nanny.pre-spawn-environ`` (and a
+            nanny started with Dask's defaults writes ``MALLOC_TRIM_THRESHOLD_`` into this
+            process's environment). For workers you start yourself, put the same keys in their
+            Dask configuration.
+        smallest_piece: the smallest piece the native backend's last chunks are cut into
+            (:func:`balance_tail`, with the cluster's total threads as slots).
     """
 
     address: str | None = None
@@ -290,10 +324,16 @@ class DaskCluster:
     cache_dir: str | None = None
     cluster_options: Mapping[str, Any] = field(default_factory=dict)
     pin_cores: bool = True
+    config: Mapping[str, Any] = field(default_factory=lambda: dict(LOCAL_CONFIG))
+    smallest_piece: int = TAIL_PIECE
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.threads_per_worker < 1:
             raise InputError("a Dask cluster needs workers >= 1 and threads_per_worker >= 1")
+        if self.smallest_piece < 1:
+            raise InputError(
+                f"smallest_piece must be a positive number of patients, got {self.smallest_piece}"
+            )
 
     @contextlib.contextmanager
     def _client(self) -> Iterator[Any]:
@@ -303,9 +343,14 @@ class DaskCluster:
             with Client(self.address) as client:
                 yield client
             return
+        import dask
+
         options = {"n_workers": self.workers, "threads_per_worker": self.threads_per_worker,
                    "processes": True, "dashboard_address": None} | dict(self.cluster_options)  # fmt: skip
-        with LocalCluster(**options) as cluster, Client(cluster) as client:
+        with contextlib.ExitStack() as stack:
+            with dask.config.set(dict(self.config)):  # read as the scheduler and nannies start
+                cluster = stack.enter_context(LocalCluster(**options))
+                client = stack.enter_context(Client(cluster))
             yield client
 
     @contextlib.contextmanager
@@ -346,6 +391,8 @@ class DaskCluster:
                 work: Work, chunks: list[dict[str, np.ndarray]], progress: Progress | None
             ) -> list[ChunkResult]:
                 size = len(next(iter(chunks[0].values())))
+                if work.backend == "native":  # no program per shape: the last chunks can be cut finer
+                    chunks = balance_tail(chunks, sum(client.nthreads().values()), self.smallest_piece)
                 futures = [client.submit(run_chunk, work, chunk, size, pure=False) for chunk in chunks]
                 for done, _ in enumerate(as_completed(futures), start=1):
                     if progress is not None:
@@ -429,6 +476,44 @@ def split(parameters: Mapping[str, np.ndarray], chunk_size: int) -> list[dict[st
         {k: np.asarray(v)[lo : lo + chunk_size] for k, v in parameters.items()}
         for lo in range(0, n, chunk_size)
     ]
+
+
+def guided_bounds(n: int, chunk_size: int, slots: int, smallest: int = TAIL_PIECE) -> list[int]:
+    """Bounds ``0 = b0 < b1 < ... = n`` of pieces of at most ``chunk_size`` patients that shrink
+    towards the end, so that ``slots`` tasks running at once finish together.
+
+    Guided self-scheduling (Polychronopoulos & Kuck 1987, IEEE Trans Comput 36:1425) with the
+    share of factoring (Hummel, Schonberg & Flynn 1992, Commun ACM 35(8):90): each piece takes
+    ``ceil(R / (2 slots))`` of the ``R`` patients left, bounded by ``chunk_size`` above and
+    ``smallest`` below: full chunks until the last ``2 slots chunk_size`` patients, then pieces
+    that halve about every ``1.4 slots``. A slot left without work then waits at most for one small
+    piece, not for a whole chunk (on the 2-core CPU, a two-worker trial's last slot ran alone for
+    ~0.5 s of 3.3, ``benchmarks/README.md``).
+    """
+    if n < 0 or chunk_size < 1 or slots < 1 or smallest < 1:
+        raise InputError(
+            f"guided pieces need n >= 0, chunk_size, slots and smallest >= 1, "
+            f"got {n}, {chunk_size}, {slots}, {smallest}"
+        )
+    bounds = [0]
+    while bounds[-1] < n:
+        rest = n - bounds[-1]
+        bounds.append(bounds[-1] + min(rest, chunk_size, max(smallest, -(-rest // (2 * slots)))))
+    return bounds
+
+
+def balance_tail(
+    chunks: list[dict[str, np.ndarray]], slots: int, smallest: int = TAIL_PIECE
+) -> list[dict[str, np.ndarray]]:
+    """The same patients in the same order, re-cut by :func:`guided_bounds` with the largest chunk's
+    size: the first chunks unchanged, the last ones in smaller pieces. Results do not depend on the
+    cut (see the module docstring), only when the last slot finishes does."""
+    sizes = [len(next(iter(c.values()))) for c in chunks]
+    bounds = guided_bounds(sum(sizes), max(sizes), slots, smallest)
+    if bounds == [0, *itertools.accumulate(sizes)]:
+        return chunks
+    whole = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    return [{k: v[lo:hi] for k, v in whole.items()} for lo, hi in itertools.pairwise(bounds)]
 
 
 def run_chunks(
