@@ -123,6 +123,7 @@ def test_a_local_cluster_starts_with_its_own_dask_settings_and_leaves_ours_alone
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import dask
+    import distributed  # noqa: F401  (adds its defaults to Dask's configuration)
 
     # a nanny started with Dask's defaults writes its variables into this process's environment
     # (Dask's own rule), where the next cluster's workers inherit them: start clean, end clean

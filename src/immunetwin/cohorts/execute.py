@@ -392,7 +392,9 @@ class DaskCluster:
             ) -> list[ChunkResult]:
                 size = len(next(iter(chunks[0].values())))
                 if work.backend == "native":  # no program per shape: the last chunks can be cut finer
-                    chunks = balance_tail(chunks, sum(client.nthreads().values()), self.smallest_piece)
+                    # (a scheduler whose workers have not joined yet counts as one slot)
+                    slots = max(1, sum(client.nthreads().values()))
+                    chunks = balance_tail(chunks, slots, self.smallest_piece)
                 futures = [client.submit(run_chunk, work, chunk, size, pure=False) for chunk in chunks]
                 for done, _ in enumerate(as_completed(futures), start=1):
                     if progress is not None:
