@@ -359,7 +359,7 @@ def test_the_lane_count_changes_no_bits(name: str, width: int) -> None:
     sizes = (len(model.spec.quantities), len(model.spec.states), len(model.spec.constants))
     four = native._build(native.c_source(model.spec, Rodas5P(), lanes=4), *sizes)
     other = native._build(native.c_source(model.spec, Rodas5P(), lanes=width), *sizes)
-    assert four.key != other.key
+    assert four.key != other.key and (four.lanes, other.lanes) == (4, width)
     a = native.run_native(four, ts, d, m, stops, it.Controls(), 4096, None, None, threads=2)
     b = native.run_native(other, ts, d, m, stops, it.Controls(), 4096, None, None, threads=2)
     for x, y in zip(a, b, strict=True):

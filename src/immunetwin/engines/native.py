@@ -173,6 +173,7 @@ void itn_solve_from(int64_t b, int64_t t_count, int64_t ts_stride, int64_t k_cou
                     int64_t max_steps, double *out, int64_t *status, int64_t *steps,
                     const double *pause, const double *resume_from, double *save_to);
 void itn_root_inverse(int64_t n, const double *x, double *out);
+int64_t itn_lanes(void);
 """
 
 
@@ -976,12 +977,15 @@ void itn_solve(int64_t b, int64_t t_count, int64_t ts_stride, int64_t k_count, c
     itn_solve_from(b, t_count, ts_stride, k_count, ts, d, m, y0, c0, st, sdy, smask, sval, ncol, cols,
                    rtol, atol, max_steps, out, status, steps, NULL, NULL, NULL);
 }
+
+int64_t itn_lanes(void) { return L; }
 """
 
 
 @dataclass(frozen=True, eq=False)
 class NativeSolver:
-    """A built native solver: the extension module's ``itn_solve`` and the model's sizes."""
+    """A built native solver: the extension module's ``itn_solve``, the model's sizes and the
+    patients it steps per vector (``lanes``)."""
 
     lib: Any
     ffi: Any
@@ -989,6 +993,7 @@ class NativeSolver:
     n_states: int
     n_constants: int
     key: str
+    lanes: int
 
 
 def _cache_dir() -> Path:
@@ -1081,7 +1086,7 @@ def _build_alone(source: str, nq: int, n: int, nc: int) -> NativeSolver:
         except OSError:  # the cache folder is not writable: build in a folder of this process's
             path = _compile(name, source, Path(tempfile.mkdtemp(prefix="immunetwin-native-")))
         module = _load(name, path)
-    return NativeSolver(module.lib, module.ffi, nq, n, nc, key)
+    return NativeSolver(module.lib, module.ffi, nq, n, nc, key, int(module.lib.itn_lanes()))
 
 
 @lru_cache(maxsize=32)
@@ -1264,7 +1269,7 @@ def run_native(
 
     workers = max(1, threads or available_cores())
     chunk = max(1, chunk)
-    if workers == 1 or b <= lanes():  # one thread's work: no pool (a small batch is latency-bound)
+    if workers == 1 or b <= solver.lanes:  # one vector's work: no pool (a small batch is latency-bound)
         for lo in range(0, b, chunk):
             solve(lo, min(b, lo + chunk))
             if progress is not None:
