@@ -8,6 +8,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import sympy as sp
 
 import immunetwin as it
 from immunetwin.engines import native
@@ -138,6 +139,41 @@ def test_result_independent_of_chunk_threads_and_companions() -> None:
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(alone[0][0], one[0][5])
     np.testing.assert_array_equal(alone[2][0], one[2][5])
+
+
+def test_costly_subexpressions_of_constants_alone_are_hoisted_once() -> None:
+    x, y, k, v, km = sp.symbols("x y k v km")
+    exprs = [k * x / v, 2 * k * y / v - x / v, x / (x + km), sp.exp(-k) * x, k * x + y]
+    moved, table = native.hoist_invariants(exprs, frozenset({k, v, km}))
+    values = dict(table)
+    assert {values[s] for s in moved[0].free_symbols - {x}} == {k / v}  # k*x/V -> w*x, w = k/V
+    assert moved[2] == exprs[2]  # a denominator with a state in it stays
+    assert moved[4] == exprs[4]  # nothing costly: nothing moved
+    assert sp.exp(-k) in values.values()
+    assert len(values) == len(set(values.values()))  # each distinct value once
+    for before, after in zip(exprs, moved, strict=True):  # the same values
+        assert sp.simplify(after.xreplace(values) - before) == 0
+    cond = sp.Piecewise((x, sp.exp(k) > y), (0, True))
+    (only,), table = native.hoist_invariants([cond], frozenset({k}))
+    ((w, value),) = table
+    assert value == sp.exp(k) and only == sp.Piecewise((x, w > y), (0, True))  # a condition stays
+
+
+def test_a_stop_that_changes_a_hoisted_constant_is_followed() -> None:
+    # 1/V is computed once per change of a lane's constants: a switch of V halfway, and patients
+    # with different V taking over each other's lanes, must each see their own current V
+    model = it.load_model("model dil\n  x' = k * (s - x) / V\n  x = 0; k = 1; s = 2; V = 1\nend\n")
+    times = np.linspace(0.0, 6.0, 61)
+    vols = np.array([0.5, 1.0, 2.0, 4.0, 0.25, 3.0, 1.5, 0.75, 2.5, 5.0, 0.6, 1.2, 3.5])
+    schedules = [it.Schedule.of([it.Input("V", (3.0,), (2.0 * v,))]) for v in vols]
+    kw = {"parameters": {"V": vols}, "schedule": schedules, "outputs": ["x"]}
+    ctl = it.Controls(rtol=1e-10, atol=1e-12)
+    xla = it.simulate_cohort(model, times, backend="xla", controls=ctl, **kw)  # type: ignore[arg-type]
+    nat = it.simulate_cohort(model, times, backend="native", controls=ctl, **kw)  # type: ignore[arg-type]
+    _assert_same(xla, nat)
+    early = 2.0 * (1.0 - np.exp(-np.minimum(times, 3.0)[None, :] / vols[:, None]))
+    late = 2.0 + (early - 2.0) * np.exp(-np.maximum(times - 3.0, 0.0)[None, :] / (2.0 * vols[:, None]))
+    np.testing.assert_allclose(np.asarray(nat["x"]), late, rtol=1e-7, atol=1e-9)
 
 
 def test_failures_are_statuses_like_xla() -> None:

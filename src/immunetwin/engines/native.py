@@ -31,7 +31,10 @@ step), four independent chains overlap (0.83 us) and, with AVX2, one instruction
 the dense-output rows only when an output time of some lane falls inside it (29 daily outputs
 against ~345 steps), and the factorisation takes one reciprocal per pivot instead of a division per
 entry below it: together 11.5 % less CPU per ``viral_immune`` patient
-(``benchmarks/README.md``). Where every output column is a state (a trial's endpoints read states
+(``benchmarks/README.md``). A costly value of the constants alone (a division by a volume, a
+constant's exponential) is computed once per change of a lane's constants, at its patient's start and
+at a stop, not in each of a step's 8 right-hand sides (:func:`hoist_invariants`): ``viral_immune``'s
+right-hand side keeps 5 of its 12 divisions, its Jacobian 12 of 28. Where every output column is a state (a trial's endpoints read states
 only), a step forms the dense-output rows of those states alone and an output copies them, without
 the constants or the other quantities. Control (outputs, step size, stops) is scalar per lane, and a
 lane whose patient finishes takes the next one at once, so patients never wait for a slower
@@ -81,7 +84,7 @@ import numpy as np
 import sympy as sp
 from sympy.printing.c import C99CodePrinter
 
-from immunetwin.engines.codegen import _Names, jacobian_terms
+from immunetwin.engines.codegen import JacobianTerms, _Names, jacobian_terms
 from immunetwin.engines.integrate import Controls
 from immunetwin.engines.sensitivity import SensitivitySpec, sensitivity_spec
 from immunetwin.engines.solvers import AbstractMethod, _Rosenbrock, _rosenbrock_arrays, elimination_order
@@ -95,6 +98,7 @@ __all__ = [
     "build_sensitivities",
     "c_source",
     "check_supported",
+    "hoist_invariants",
     "run_native",
     "shared_prefixes",
     "solve_sensitivities",
@@ -347,6 +351,108 @@ def _value(names: _Names, expr: sp.Basic, local: bool = False) -> str:
     return f"vsplat({text})" if isinstance(names.printer, _VectorPrinter) and e.is_number else text
 
 
+def _costly(expr: sp.Basic) -> bool:
+    """``expr`` holds a division, a non-integer or negative power or a function: what is worth
+    computing once per change of the constants rather than at every evaluation."""
+    for e in sp.preorder_traversal(expr):
+        if isinstance(e, sp.Pow) and not (e.exp.is_Integer and e.exp > 0):
+            return True
+        if isinstance(e, sp.Function):
+            return True
+    return False
+
+
+def hoist_invariants(
+    exprs: Sequence[sp.Basic], invariant: frozenset[sp.Symbol]
+) -> tuple[tuple[sp.Basic, ...], tuple[tuple[sp.Symbol, sp.Expr], ...]]:
+    """``exprs`` with their costly (:func:`_costly`) subexpressions over ``invariant`` symbols alone
+    replaced by symbols ``w0, w1, ...``, and those symbols' values, each distinct subexpression once.
+
+    A product's invariant factors are taken together: ``k*x/V`` becomes ``w0*x`` with ``w0 = k/V``.
+    The solver computes the ``w`` once per change of a lane's constants (its start, a stop) instead of
+    at each of a step's 8 right-hand sides: a division by a volume or a half-saturation constant
+    becomes a multiplication (loop-invariant code motion, which the C compiler may not do itself:
+    ``x/V`` and ``x*(1/V)`` can differ in the last bit, so it needs this explicit choice). Conditions
+    are never replaced (a ``w`` is a number), though a costly value inside one is."""
+    table: dict[sp.Expr, sp.Symbol] = {}
+
+    def hoisted(e: sp.Expr) -> sp.Symbol:
+        if e not in table:
+            table[e] = sp.Symbol(f"w{len(table)}")
+        return table[e]
+
+    def fixed(e: sp.Basic) -> bool:
+        return e.free_symbols <= invariant
+
+    def walk(e: sp.Basic) -> sp.Basic:
+        if e.is_Atom:
+            return e
+        if isinstance(e, sp.Expr) and fixed(e) and _costly(e):
+            return hoisted(e)
+        if isinstance(e, sp.Mul):
+            part = [a for a in e.args if fixed(a)]
+            if part and _costly(sp.Mul(*part)):
+                rest = [walk(a) for a in e.args if not fixed(a)]
+                return sp.Mul(hoisted(sp.Mul(*part)), *rest)
+        return e.func(*(walk(a) for a in e.args))
+
+    out = tuple(walk(e) for e in exprs)
+    return out, tuple((w, e) for e, w in table.items())
+
+
+@dataclass(frozen=True)
+class _VectorFunctions:
+    """The bodies of the vector functions: ``model_hoist_v(c, w)``, the ``nw`` values computed once
+    per change of the constants (:func:`hoist_invariants`), then ``model_rhs_v(t, y, c, w, f)`` and
+    ``model_jac_v(t, y, c, w, v, dt)``, which read them."""
+
+    nw: int
+    hoist: tuple[str, ...]
+    rhs: tuple[str, ...]
+    jac: tuple[str, ...]
+
+
+def _vector_functions(spec: ModelSpec, names: _Names, terms: JacobianTerms) -> _VectorFunctions:
+    """:class:`_VectorFunctions` of ``spec`` (``names`` with the vector printer)."""
+    invariant = {sp.Symbol(names.q(cid)) for cid in spec.constants}
+    derived = [(names.q(qid), names.local(expr)) for qid, expr in spec.derived]
+    for var, e in derived:  # a quantity computed from constants alone is one too
+        if e.free_symbols <= invariant:
+            invariant.add(sp.Symbol(var))
+    rates = [names.local(st.rate) for st in spec.states]
+    jac = [e for _, e in terms.assignments]
+    exprs = [e for _, e in derived] + rates + jac + list(terms.values) + list(terms.dfdt)
+    moved, table = hoist_invariants(exprs, frozenset(invariant))
+    it = iter(moved)
+    derived_w = [(var, next(it)) for var, _ in derived]
+    rates_w = [next(it) for _ in rates]
+    jac_w = [(var, next(it)) for var, _ in terms.assignments]
+    values_w = [next(it) for _ in terms.values]
+    dfdt_w = [next(it) for _ in terms.dfdt]
+
+    def value(e: sp.Basic) -> str:
+        return _value(names, e, local=True)
+
+    states = [f"    const vd {names.stored(st)} = y[{i}];" for i, st in enumerate(spec.states)]
+    constants = [f"    const vd {names.q(cid)} = c[{i}];" for i, cid in enumerate(spec.constants)]
+    hoist = constants + [
+        f"    const vd {var} = {value(e)};" for var, e in derived if sp.Symbol(var) in invariant
+    ]
+    hoist += [f"    w[{k}] = {value(e)};" for k, (_, e) in enumerate(table)]
+
+    def prelude(body: Sequence[sp.Basic]) -> list[str]:
+        used = set().union(*(e.free_symbols for _, e in derived_w), *(e.free_symbols for e in body))
+        ws = [f"    const vd {w} = w[{k}];" for k, (w, _) in enumerate(table) if w in used]
+        return states + constants + ws + [f"    const vd {var} = {value(e)};" for var, e in derived_w]
+
+    rhs = prelude(rates_w) + [f"    f[{k}] = {value(e)};" for k, e in enumerate(rates_w)]
+    jac_lines = prelude([e for _, e in jac_w] + values_w + dfdt_w)
+    jac_lines += [f"    const vd {var} = {value(e)};" for var, e in jac_w]
+    jac_lines += [f"    v[{k}] = {value(e)};" for k, e in enumerate(values_w)]
+    jac_lines += [f"    dt[{k}] = {value(e)};" for k, e in enumerate(dfdt_w)]
+    return _VectorFunctions(len(table), tuple(hoist), tuple(rhs), tuple(jac_lines))
+
+
 def _lu(
     pattern: Sequence[tuple[int, int]], n: int
 ) -> tuple[dict[tuple[int, int], int], list[str], list[str]]:
@@ -404,23 +510,8 @@ def c_source(spec: ModelSpec, method: AbstractMethod, *, lanes: int | None = Non
     n, nc, nq = len(spec.states), len(spec.constants), len(spec.quantities)
     try:
         terms = jacobian_terms(spec, vector)
-        rates_v = [_value(vector, st.rate) for st in spec.states]
-        pre_v = _prelude(spec, vector, "vd")
-        jac_v = (
-            [f"    const vd {var} = {_value(vector, e, local=True)};" for var, e in terms.assignments]
-            if terms
-            else []
-        )
-        vals_v = (
-            [f"    v[{k}] = {_value(vector, e, local=True)};" for k, e in enumerate(terms.values)]
-            if terms
-            else []
-        )
-        dt_v = (
-            [f"    dt[{k}] = {_value(vector, e, local=True)};" for k, e in enumerate(terms.dfdt)]
-            if terms
-            else []
-        )
+        if terms is not None:
+            vec = _vector_functions(spec, vector, terms)
     except NotImplementedError as exc:
         raise InputError(
             f"backend='native' cannot write model '{spec.id}' in C ({exc}): use backend='xla'"
@@ -469,13 +560,16 @@ def c_source(spec: ModelSpec, method: AbstractMethod, *, lanes: int | None = Non
     out += [f"    q[{i}] = {scalar.q(q.id)};" for i, q in enumerate(spec.quantities)]
     out += ["}", ""]
 
-    out.append("static void model_rhs_v(vd t, const vd *y, const vd *c, vd *f) {")
-    out += pre_v
-    out += [f"    f[{k}] = {rate};" for k, rate in enumerate(rates_v)]
+    out.append(f"#define NW {vec.nw}")
+    out.append("#define NWW (NW > 0 ? NW : 1)")
+    out.append("static void model_hoist_v(const vd *c, vd *w) {")
+    out += vec.hoist
     out += ["}", ""]
-
-    out.append("static void model_jac_v(vd t, const vd *y, const vd *c, vd *v, vd *dt) {")
-    out += pre_v + jac_v + vals_v + dt_v
+    out.append("static void model_rhs_v(vd t, const vd *y, const vd *c, const vd *w, vd *f) {")
+    out += vec.rhs
+    out += ["}", ""]
+    out.append("static void model_jac_v(vd t, const vd *y, const vd *c, const vd *w, vd *v, vd *dt) {")
+    out += vec.jac
     out += ["}", ""]
 
     slot, factor, solve = _lu(terms.pattern, n)
@@ -633,11 +727,11 @@ def _rosenbrock_step(method: AbstractMethod) -> list[str]:
     gamma = float(method.tableau.gamma)  # type: ignore[attr-defined]
     ks = [f"k{s}" for s in range(8)]
     out = [
-        "static void rosenbrock_step(vd t, const vd *y, const vd *c, vd h, vd *y1, vd *err, vd *dense,",
-        "                            int want_dense, const int *need, int n_need) {",
+        "static void rosenbrock_step(vd t, const vd *y, const vd *c, const vd *w, vd h, vd *y1, vd *err,",
+        "                            vd *dense, int want_dense, const int *need, int n_need) {",
         "    vd jv[NNZ > 0 ? NNZ : 1], dfdt[NN], a[NLU], r[NN], u[NN], g[NN];",
         "    vd " + ", ".join(f"{k}[NN]" for k in ks) + ";",
-        "    model_jac_v(t, y, c, jv, dfdt);",
+        "    model_jac_v(t, y, c, w, jv, dfdt);",
         "    for (int k = 0; k < NZERO; k++) a[ZSLOT[k]] = vsplat(0.0);",
         "    /* a non-finite entry is dropped (a W-method step, accepted only by its error estimate) */",
         "    for (int k = 0; k < NNZ; k++) a[JSLOT[k]] = v_where((vl)(jv[k] - jv[k] == 0.0), -jv[k], vsplat(-0.0));",
@@ -659,7 +753,7 @@ def _rosenbrock_step(method: AbstractMethod) -> list[str]:
             body.append(f"g[i] = {cc};")
         if body:
             out.append(f"    for (int i = 0; i < N; i++) {{ {' '.join(body)} }}")
-        out.append(f"    model_rhs_v(t + {float(cs[s])!r} * h, {arg}, c, {ks[s]});")
+        out.append(f"    model_rhs_v(t + {float(cs[s])!r} * h, {arg}, c, w, {ks[s]});")
         rhs = f"{ks[s]}[i]"
         if ds[s] != 0.0:
             rhs += f" + ({float(ds[s])!r} * h) * dfdt[i]"
@@ -746,7 +840,8 @@ typedef struct {
 
 /* State of all lanes, vector layout: element l of each vector is lane l. */
 typedef struct {
-    vd y[NN], c[NCC], y_prev[NN], y_end[NN], dense[3 * NN];
+    vd y[NN], c[NCC], w[NWW], y_prev[NN], y_end[NN], dense[3 * NN];
+    int stale;  /* a lane's constants changed since w was computed (model_hoist_v) */
 } Block;
 
 static void apply_stop(const Job *job, Lane *ln, Block *bk, int l) {
@@ -755,6 +850,7 @@ static void apply_stop(const Job *job, Lane *ln, Block *bk, int l) {
     for (int i = 0; i < NC; i++)
         if (job->smask[(p * job->k_count + k) * NC + i]) bk->c[i][l] = job->sval[(p * job->k_count + k) * NC + i];
     ln->k = k + 1;
+    bk->stale = 1;
 }
 
 /* The patient's output times (one row for all when ts_stride is 0). */
@@ -768,6 +864,7 @@ static void resume(const Job *job, Lane *ln, Block *bk, int l, int64_t p) {
     for (int i = 0; i < N; i++) { bk->y[i][l] = s[8 + i]; bk->y_prev[i][l] = s[8 + i]; bk->y_end[i][l] = s[8 + i]; }
     for (int i = 0; i < NC; i++) { bk->c[i][l] = s[8 + N + i]; ln->c0[i] = s[8 + N + NC + i]; }
     for (int i = 0; i < 3 * N; i++) bk->dense[i][l] = 0.0;
+    bk->stale = 1;
 }
 
 static void save(const Job *job, const Lane *ln, const Block *bk, int l) {
@@ -793,6 +890,7 @@ static void start(const Job *job, Lane *ln, Block *bk, int l, int64_t p) {
     }
     for (int i = 0; i < N; i++) bk->y[i][l] = y[i];
     for (int i = 0; i < NC; i++) bk->c[i][l] = ln->c0[i];
+    bk->stale = 1;
     if (job->k_count > 0 && job->st[p * job->k_count] <= t0) apply_stop(job, ln, bk, l);
     for (int i = 0; i < N; i++) y[i] = bk->y[i][l];
     for (int i = 0; i < NC; i++) c[i] = bk->c[i][l];
@@ -911,7 +1009,8 @@ void itn_solve_from(int64_t b, int64_t t_count, int64_t ts_stride, int64_t k_cou
             want_dense |= times_of(&job, ln->pid)[ln->j] < (ln->clipped ? t_stop : ln->t + ln->h_try);
         }
         if (!active) break;
-        rosenbrock_step(tv, bk.y, bk.c, hv, y1, err, dense, want_dense, job.need, job.n_need);
+        if (bk.stale) { model_hoist_v(bk.c, bk.w); bk.stale = 0; }
+        rosenbrock_step(tv, bk.y, bk.c, bk.w, hv, y1, err, dense, want_dense, job.need, job.n_need);
         vd total = vsplat(0.0);
         vl finite_y = VTRUE;
         for (int i = 0; i < N; i++) {
