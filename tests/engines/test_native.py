@@ -403,6 +403,31 @@ def test_the_lane_count_changes_no_bits(name: str, width: int) -> None:
     assert (a[1] == 0).all()
 
 
+def test_the_instruction_set_changes_no_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the step's products are added with one rounding (v_fma): with this machine's flags one FMA
+    # instruction, with none libm's fma (exact wherever it runs). Both must give the same bits
+    if not {"-mfma", "-mavx512f"} & set(native._target_flags()):
+        pytest.skip("this machine has no FMA instruction: both builds would call libm's fma")
+    model = load_template("viral_immune").model
+    ts, d, m, stops = _trial_rows(model, _arms(model), 3, seed=5)
+    sizes = (len(model.spec.quantities), len(model.spec.states), len(model.spec.constants))
+    source = native.c_source(model.spec, Rodas5P(), lanes=4)
+    machine = native._build(source, *sizes)
+    monkeypatch.setattr(native, "_target_flags", lambda: ())
+    native._build_alone.cache_clear()
+    try:
+        plain = native._build(source, *sizes)
+    finally:
+        monkeypatch.undo()
+        native._build_alone.cache_clear()
+    assert plain.key != machine.key
+    a = native.run_native(machine, ts, d, m, stops, it.Controls(), 4096, None, None, threads=1)
+    b = native.run_native(plain, ts, d, m, stops, it.Controls(), 4096, None, None, threads=1)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(y, x)
+    assert (a[1] == 0).all()
+
+
 def test_lanes_are_a_power_of_two() -> None:
     model = it.load_model("model m\n  x' = -k * x\n  x = 1; k = 1\nend\n")
     assert native.lanes() in (4, 8)

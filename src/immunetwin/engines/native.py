@@ -48,8 +48,16 @@ compiler Python was built with) and kept in ``<cache>/immunetwin-native`` under 
 the generated source, the compiler flags and the Python and cffi versions. A chunk of patients is
 split over this process's cores (``os.sched_getaffinity``: a pinned Dask worker uses only its own) in
 threads, the extension releasing the GIL. A patient's result depends only on its own inputs: not on
-the chunk, the thread count, its lane or its companions (element-wise IEEE arithmetic, no FMA
-contraction, no ``-ffast-math``).
+the chunk, the thread count, its lane or its companions, nor on the instruction set the module was
+built for (element-wise IEEE arithmetic, no ``-ffast-math``, no contraction by the compiler).
+
+The step's linear algebra (the stage combinations, the LU factorisation and solves) adds each product
+with one rounding, by an explicit fused multiply-add (IEEE 754 ``fusedMultiplyAdd``, C99 ``fma``):
+one instruction with AVX-512 or FMA3, libm's exact ``fma`` elsewhere, the same bits either way
+(``tests/engines/test_native.py``). With the hoisted constants above it took a ``viral_immune`` cohort
+from 12,450-12,550 to 14,620-14,640 patients per second on one core of the 2-core Intel Xeon with
+AVX-512 (``benchmarks/README.md``). A machine without an FMA instruction pays a libm call per lane
+instead (x86-64 before AVX2 only).
 
 Gradients: the model's forward sensitivity equations, written as a bigger model by
 :mod:`immunetwin.engines.sensitivity` and built like any other (:func:`build_sensitivities`,
@@ -107,7 +115,9 @@ __all__ = [
 
 #: Flags the generated C is compiled with. No ``-ffast-math`` (NaN checks and IEEE rounding are part
 #: of the solver's semantics) and no ``-march=native`` (a cached module must run on any machine of the
-#: same architecture); ``-ffp-contract=off`` keeps a*b+c two roundings wherever the compiler could fuse.
+#: same architecture); ``-ffp-contract=off`` keeps a*b+c two roundings wherever the compiler could fuse,
+#: so a fused multiply-add happens only where the generated source writes one (``v_fma``): the bits
+#: then do not depend on whether the target has an FMA instruction.
 CFLAGS: tuple[str, ...] = ("-O2", "-fno-math-errno", "-ffp-contract=off", "-w")
 
 
@@ -119,7 +129,8 @@ def _target() -> tuple[int, tuple[str, ...]]:
       register): a ``viral_immune`` cohort 25 % faster on one core (21 % on two) than 4 lanes with
       AVX2, on a 2-core Intel Xeon with AVX-512, with the same bits (``benchmarks/README.md``);
     * x86-64 with AVX2: 4 lanes, ``-mavx2`` (a 4-lane vector is one register: the step ran 2.1x
-      faster on the 2-core AMD EPYC). 8 lanes in two AVX2 registers each ran 1.6x slower (the
+      faster on the 2-core AMD EPYC), and ``-mfma`` where the CPU has FMA3 (``v_fma`` is then one
+      instruction, not a libm call). 8 lanes in two AVX2 registers each ran 1.6x slower (the
       stages' vectors no longer fit the 16 registers);
     * anything else: 4 lanes, the compiler's default target.
 
@@ -137,7 +148,9 @@ def _target() -> tuple[int, tuple[str, ...]]:
         # -Wno-psabi: GCC notes once that 64-byte vector arguments changed ABI in GCC 4.6 (static
         # functions only here: nothing crosses a library boundary)
         return 8, ("-mavx512f", "-mavx512dq", "-Wno-psabi")
-    return 4, ("-mavx2",) if "avx2" in flags else ()
+    if "avx2" not in flags:
+        return 4, ()
+    return 4, ("-mavx2", "-mfma") if "fma" in flags else ("-mavx2",)
 
 
 def _target_flags() -> tuple[str, ...]:
@@ -482,7 +495,9 @@ def _lu(
             factor.append(f"    a[{slot[(i, k)]}] = a[{slot[(i, k)]}] * r[{k}];")
             for j in row_k:
                 if (i, j) in slot:
-                    factor.append(f"    a[{slot[(i, j)]}] -= a[{slot[(i, k)]}] * a[{slot[(k, j)]}];")
+                    factor.append(
+                        f"    a[{slot[(i, j)]}] = v_fma(-a[{slot[(i, k)]}], a[{slot[(k, j)]}], a[{slot[(i, j)]}]);"
+                    )
                 else:
                     slot[(i, j)] = len(slot)
                     factor.append(f"    a[{slot[(i, j)]}] = -a[{slot[(i, k)]}] * a[{slot[(k, j)]}];")
@@ -491,9 +506,13 @@ def _lu(
         rows[i].append(j)
     solve: list[str] = []
     for i in order:
-        solve += [f"    x[{i}] -= a[{slot[(i, j)]}] * x[{j}];" for j in rows[i] if pos[j] < pos[i]]
+        solve += [
+            f"    x[{i}] = v_fma(-a[{slot[(i, j)]}], x[{j}], x[{i}]);" for j in rows[i] if pos[j] < pos[i]
+        ]
     for i in reversed(order):
-        solve += [f"    x[{i}] -= a[{slot[(i, j)]}] * x[{j}];" for j in rows[i] if pos[j] > pos[i]]
+        solve += [
+            f"    x[{i}] = v_fma(-a[{slot[(i, j)]}], x[{j}], x[{i}]);" for j in rows[i] if pos[j] > pos[i]
+        ]
         solve.append(f"    x[{i}] = x[{i}] * r[{i}];")
     return slot, factor, solve
 
@@ -620,6 +639,9 @@ VMAP1(v_atan, atan) VMAP1(v_sinh, sinh) VMAP1(v_cosh, cosh) VMAP1(v_tanh, tanh) 
 VMAP1(v_acosh, acosh) VMAP1(v_atanh, atanh) VMAP1(v_floor, floor) VMAP1(v_ceil, ceil)
 VMAP1(v_tgamma, tgamma) VMAP1(v_erf, erf) VMAP1(v_erfc, erfc)
 VMAP2(v_pow, pow) VMAP2(v_atan2, atan2) VMAP2(v_fmod, fmod) VMAP2(v_fmax, fmax) VMAP2(v_fmin, fmin)
+/* a*b + c rounded once (IEEE 754 fusedMultiplyAdd): one instruction where the target has FMA, else
+   libm's exact software fma, so the bits never depend on the instruction set */
+static inline vd v_fma(vd a, vd b, vd c) { vd r; for (int l = 0; l < L; l++) r[l] = fma(a[l], b[l], c[l]); return r; }
 """
 
 
@@ -689,14 +711,21 @@ def _root_inverse(order: int) -> list[str]:
     ]
 
 
-def _combination(weights: Sequence[float], arrays: Sequence[str]) -> str:
-    """``w0*k0[i] + w1*k1[i] + ...`` over the non-zero weights (literal coefficients; a weight of 1
-    is an addition, the same value), or ''."""
-    return " + ".join(
-        a + "[i]" if w == 1.0 else f"{float(w)!r} * {a}[i]"
-        for w, a in zip(weights, arrays, strict=False)
-        if w != 0.0
-    )
+def _combination(weights: Sequence[float], arrays: Sequence[str], start: str | None = None) -> str:
+    """``start + w0*k0[i] + w1*k1[i] + ...`` over the non-zero weights (literal coefficients), summed
+    left to right, each product added with one rounding (``v_fma``) and a weight of 1 an addition,
+    or '' (nothing to sum)."""
+    acc = start
+    for w, a in zip(weights, arrays, strict=False):
+        if w == 0.0:
+            continue
+        term = f"{a}[i]"
+        if w == 1.0:
+            acc = term if acc is None else f"{acc} + {term}"
+        else:
+            weight = f"vsplat({float(w)!r})"
+            acc = f"{weight} * {term}" if acc is None else f"v_fma({weight}, {term}, {acc})"
+    return acc or ""
 
 
 def _extends(row: np.ndarray, previous: np.ndarray, s: int) -> bool:
@@ -745,8 +774,8 @@ def _rosenbrock_step(method: AbstractMethod) -> list[str]:
         body = []
         if _extends(A[s], A[s - 1], s):
             body.append(f"u[i] = u[i] + {ks[s - 1]}[i];")
-        elif comb := _combination(A[s][:s], ks[:s]):
-            body.append(f"u[i] = y[i] + {comb};")
+        elif A[s][:s].any():
+            body.append(f"u[i] = {_combination(A[s][:s], ks[:s], 'y[i]')};")
         arg = "u" if body else "y"
         cc = _combination(C[s][:s], ks[:s])
         if cc:
@@ -756,14 +785,14 @@ def _rosenbrock_step(method: AbstractMethod) -> list[str]:
         out.append(f"    model_rhs_v(t + {float(cs[s])!r} * h, {arg}, c, w, {ks[s]});")
         rhs = f"{ks[s]}[i]"
         if ds[s] != 0.0:
-            rhs += f" + ({float(ds[s])!r} * h) * dfdt[i]"
+            rhs = f"v_fma({float(ds[s])!r} * h, dfdt[i], {rhs})"
         if cc:
-            rhs += " + g[i] * ih"
+            rhs = f"v_fma(g[i], ih, {rhs})"
         if rhs != f"{ks[s]}[i]":
             out.append(f"    for (int i = 0; i < N; i++) {ks[s]}[i] = {rhs};")
         out.append(f"    lu_solve(a, r, {ks[s]});")
     out.append("    for (int i = 0; i < N; i++) {")
-    solution = f"u[i] + {ks[7]}[i]" if _extends(A[8], A[7], 8) else f"y[i] + {_combination(A[8], ks)}"
+    solution = f"u[i] + {ks[7]}[i]" if _extends(A[8], A[7], 8) else _combination(A[8], ks, "y[i]")
     out.append(f"        y1[i] = {solution};")
     out.append("        err[i] = k7[i];")
     out.append("    }")
