@@ -127,7 +127,9 @@ def _target() -> tuple[int, tuple[str, ...]]:
 
     * x86-64 with AVX-512 (F and DQ): 8 lanes, ``-mavx512f -mavx512dq`` (a vector is one 512-bit
       register): a ``viral_immune`` cohort 25 % faster on one core (21 % on two) than 4 lanes with
-      AVX2, on a 2-core Intel Xeon with AVX-512, with the same bits (``benchmarks/README.md``);
+      AVX2, on a 2-core Intel Xeon with AVX-512, with the same bits (``benchmarks/README.md``); and
+      ``-mfma`` where the CPU lists FMA3 (as every AVX-512 one does), for a fit's 4-lane solvers,
+      whose 256-bit ``v_fma`` AVX-512F alone does not provide;
     * x86-64 with AVX2: 4 lanes, ``-mavx2`` (a 4-lane vector is one register: the step ran 2.1x
       faster on the 2-core AMD EPYC), and ``-mfma`` where the CPU has FMA3 (``v_fma`` is then one
       instruction, not a libm call). 8 lanes in two AVX2 registers each ran 1.6x slower (the
@@ -147,7 +149,7 @@ def _target() -> tuple[int, tuple[str, ...]]:
     if {"avx512f", "avx512dq"} <= flags:
         # -Wno-psabi: GCC notes once that 64-byte vector arguments changed ABI in GCC 4.6 (static
         # functions only here: nothing crosses a library boundary)
-        return 8, ("-mavx512f", "-mavx512dq", "-Wno-psabi")
+        return 8, ("-mavx512f", "-mavx512dq", *(("-mfma",) if "fma" in flags else ()), "-Wno-psabi")
     if "avx2" not in flags:
         return 4, ()
     return 4, ("-mavx2", "-mfma") if "fma" in flags else ("-mavx2",)
@@ -639,9 +641,26 @@ VMAP1(v_atan, atan) VMAP1(v_sinh, sinh) VMAP1(v_cosh, cosh) VMAP1(v_tanh, tanh) 
 VMAP1(v_acosh, acosh) VMAP1(v_atanh, atanh) VMAP1(v_floor, floor) VMAP1(v_ceil, ceil)
 VMAP1(v_tgamma, tgamma) VMAP1(v_erf, erf) VMAP1(v_erfc, erfc)
 VMAP2(v_pow, pow) VMAP2(v_atan2, atan2) VMAP2(v_fmod, fmod) VMAP2(v_fmax, fmax) VMAP2(v_fmin, fmin)
-/* a*b + c rounded once (IEEE 754 fusedMultiplyAdd): one instruction where the target has FMA, else
-   libm's exact software fma, so the bits never depend on the instruction set */
-static inline vd v_fma(vd a, vd b, vd c) { vd r; for (int l = 0; l < L; l++) r[l] = fma(a[l], b[l], c[l]); return r; }
+/* a*b + c rounded once (IEEE 754 fusedMultiplyAdd): one vector instruction where the target has one
+   for this width, else fma() lane by lane (an instruction with FMA, libm's exact fma without), so the
+   bits never depend on the instruction set. The intrinsics and always_inline: GCC neither vectorises
+   the lane loop nor inlines it into the long functions of a sensitivity system by itself. */
+#if defined(__AVX512F__) || defined(__FMA__)
+#include <immintrin.h>
+#endif
+static inline __attribute__((always_inline)) vd v_fma(vd a, vd b, vd c) {
+#if L == 8 && defined(__AVX512F__)
+    return (vd)_mm512_fmadd_pd((__m512d)a, (__m512d)b, (__m512d)c);
+#elif L == 4 && defined(__FMA__)
+    return (vd)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
+#elif L == 2 && defined(__FMA__)
+    return (vd)_mm_fmadd_pd((__m128d)a, (__m128d)b, (__m128d)c);
+#else
+    vd r;
+    for (int l = 0; l < L; l++) r[l] = fma(a[l], b[l], c[l]);
+    return r;
+#endif
+}
 """
 
 
