@@ -32,10 +32,10 @@ the dense-output rows only when an output time of some lane falls inside it (29 
 against ~345 steps), and the factorisation takes one reciprocal per pivot instead of a division per
 entry below it: together 11.5 % less CPU per ``viral_immune`` patient
 (``benchmarks/README.md``). A costly value of the constants alone (a division by a volume, a
-constant's exponential) is computed once per change of a lane's constants, at its patient's start and
-at a stop, not in each of a step's 8 right-hand sides (:func:`hoist_invariants`): ``viral_immune``'s
-right-hand side keeps 5 of its 12 divisions, its Jacobian 12 of 28. Where every output column is a state (a trial's endpoints read states
-only), a step forms the dense-output rows of those states alone and an output copies them, without
+constant's exponential) is computed once per change of a lane's constants, at its patient's start
+and at a stop, not in each of a step's 8 right-hand sides (:func:`hoist_invariants`):
+``viral_immune``'s right-hand side keeps 5 of its 12 divisions, its Jacobian 12 of 28. Where every
+output column is a state (a trial's endpoints read states only), a step forms the dense-output rows of those states alone and an output copies them, without
 the constants or the other quantities. Control (outputs, step size, stops) is scalar per lane, and a
 lane whose patient finishes takes the next one at once, so patients never wait for a slower
 companion. Consecutive rows that are one patient until their schedules part (a trial's arms until the
@@ -53,10 +53,13 @@ built for (element-wise IEEE arithmetic, no ``-ffast-math``, no contraction by t
 
 The step's linear algebra (the stage combinations, the LU factorisation and solves) adds each product
 with one rounding, by an explicit fused multiply-add (IEEE 754 ``fusedMultiplyAdd``, C99 ``fma``):
-one instruction with AVX-512 or FMA3, libm's exact ``fma`` elsewhere, the same bits either way
-(``tests/engines/test_native.py``). With the hoisted constants above it took a ``viral_immune`` cohort
-from 12,450-12,550 to 14,620-14,640 patients per second on one core of the 2-core Intel Xeon with
-AVX-512 (``benchmarks/README.md``). A machine without an FMA instruction pays a libm call per lane
+one vector instruction with AVX-512 or FMA3 (an intrinsic, always inlined: GCC neither vectorised
+nor inlined a lane loop over ``fma`` in a sensitivity system's long functions, which made a fit's
+solve 8x slower), libm's exact ``fma`` lane by lane elsewhere, the same bits either way
+(``tests/engines/test_native.py``). With the hoisted constants above it took a ``viral_immune``
+cohort from 12,173 to 14,427 patients per second on one core of the 2-core Intel Xeon with AVX-512
+(+18.5 %, the same steps), and a 4-row solve of its 4-direction sensitivity system from 3.50 to
+2.92 ms (``benchmarks/README.md``). A machine without an FMA instruction pays a libm call per lane
 instead (x86-64 before AVX2 only).
 
 Gradients: the model's forward sensitivity equations, written as a bigger model by
