@@ -26,15 +26,19 @@ def _ke01_csv(folder: Path) -> Path:
     return data
 
 
-@pytest.mark.parametrize("backend", ["xla", "native"])
-def test_fit_map_of_a_template_to_one_persons_viral_loads(tmp_path, backend):
+@pytest.mark.parametrize(
+    ("backend", "optimizer"), [("xla", "L-BFGS-B"), ("native", "L-BFGS-B"), ("native", "fides")]
+)
+def test_fit_map_of_a_template_to_one_persons_viral_loads(tmp_path, backend, optimizer):
     data = _ke01_csv(tmp_path)
     out = tmp_path / "fit"
     res = _run(
-        "fit", "viral_tiv", "--data", str(data), "--starts", "3", "--out", str(out), "--backend", backend
-    )
+        "fit", "viral_tiv", "--data", str(data), "--starts", "3", "--out", str(out), "--backend", backend,
+        "--optimizer", optimizer,
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr
     result = json.loads((out / "map.json").read_text())
+    assert result["optimizer"] == optimizer
     assert set(result["map"]) == {"beta", "delta", "p", "c", "V0"}
     assert result["starts_at_best"] >= 1
     assert result["log_likelihood"] > -40  # 14 points, sd 0.5: a fit, not a failure (-inf)
@@ -83,6 +87,7 @@ def test_fit_nuts_with_the_dense_metric_at_looser_tolerances(tmp_path):
         (("fit", "viral_tiv", "--data", "x.csv", "--method", "nuts", "--metric", "unit"), "--metric 'unit'"),
         (("fit", "viral_tiv", "--data", "x.csv", "--chain-method", "pmap"), "--chain-method 'pmap'"),
         (("fit", "viral_tiv", "--data", "x.csv", "--backend", "gpu"), "--backend 'gpu'"),
+        (("fit", "viral_tiv", "--data", "x.csv", "--optimizer", "newton"), "--optimizer 'newton'"),
         (("fit", "viral_tiv", "--data", "x.csv", "--rtol", "0"), "--rtol must be between 0 and 1, got 0.0"),
         (("fit", "viral_tiv", "--data", "x.csv", "--rtol", "1.5"), "--rtol must be between 0 and 1"),
         (

@@ -109,3 +109,60 @@ def test_lockstep_failure_reaches_every_start(objective):
 
     with pytest.raises(RuntimeError, match="solver exploded"):
         fit_module._run_lockstep(run, [np.zeros(2), np.ones(2), np.full(2, 2.0)], broken)
+
+
+def test_fides_reaches_the_least_squares_optimum_lbfgsb_reaches(objective, decay_data):
+    """The trust-region strategy (fides) and L-BFGS-B end at the same maximum likelihood."""
+    key = jax.random.PRNGKey(0)
+    lbfgsb = fit_map(objective, key=key, starts=4, prior=False)
+    trust = fit_map(objective, key=key, starts=4, prior=False, optimizer="fides")
+    assert trust.converged and trust.at_best == 4
+    # fides's exit flags; a trust region shrunk to nothing (rounding at the optimum) is not convergence
+    assert {s.message for s in trust.starts} <= {"FTOL", "XTOL", "GTOL", "DELTA_TOO_SMALL"}
+    assert all(s.success == (s.message != "DELTA_TOO_SMALL") for s in trust.starts)
+    np.testing.assert_allclose(trust.theta, lbfgsb.theta, rtol=1e-4, atol=1e-6)
+    assert trust.objective == pytest.approx(lbfgsb.objective, abs=1e-6)
+    for a, b in zip(trust.starts, lbfgsb.starts, strict=True):
+        assert a.evaluations >= 2 and b.evaluations >= 2
+    with pytest.raises(InputError, match="unknown optimizer 'newton'"):
+        fit_map(objective, key=key, starts=1, optimizer="newton")
+
+
+def _bowl(failed: float) -> object:
+    """``-(x - 1)^2 - (y - 2)^2`` and its gradient, not solvable (``-inf``) where ``x > failed``."""
+
+    def evaluate(x: np.ndarray) -> tuple[float, np.ndarray]:
+        if x[0] > failed:
+            return -math.inf, np.full(2, math.nan)
+        return -((x[0] - 1.0) ** 2) - (x[1] - 2.0) ** 2, np.array([-2 * (x[0] - 1.0), -2 * (x[1] - 2.0)])
+
+    return evaluate
+
+
+@pytest.mark.parametrize("optimizer", ["fides", "L-BFGS-B"])
+def test_each_optimizer_backs_off_from_points_that_do_not_solve(optimizer):
+    from immunetwin.inference import fit as fit_module
+
+    local = {"fides": fit_module._fides, "L-BFGS-B": fit_module._lbfgsb}[optimizer]
+    lo, hi = np.array([-5.0, -5.0]), np.array([5.0, 5.0])
+    # the first step from (-4, -4) overshoots into x > 1.5, where nothing solves: fides shrinks its
+    # trust region and goes on; scipy's L-BFGS-B takes the failed line search for convergence and
+    # stops where it began (with a failed point as 1e30, or as inf, with any gradient)
+    out = local(np.array([-4.0, -4.0]), _bowl(1.5), lo, hi, 200, 1e-12)
+    if optimizer == "fides":
+        np.testing.assert_allclose(out.theta, [1.0, 2.0], atol=1e-5)
+        assert out.value == pytest.approx(0.0, abs=1e-9) and out.success
+    else:
+        np.testing.assert_array_equal(out.theta, [-4.0, -4.0])
+        assert out.value == -61.0 and out.evaluations == 3
+    # where the first step stays solvable, both reach the optimum
+    near = local(np.array([1.0, -4.0]), _bowl(1.5), lo, hi, 200, 1e-12)
+    np.testing.assert_allclose(near.theta, [1.0, 2.0], atol=1e-5)
+    # a start that does not solve ends at once, at -inf, where it began
+    bad = local(np.array([3.0, 0.0]), _bowl(1.5), lo, hi, 200, 1e-12)
+    assert bad.value == -math.inf and not bad.success
+    np.testing.assert_array_equal(bad.theta, [3.0, 0.0])
+    # an optimum outside the box: the bound
+    edge = local(np.array([-4.0, -4.0]), _bowl(10.0), lo, np.array([0.5, 5.0]), 200, 1e-12)
+    np.testing.assert_allclose(edge.theta, [0.5, 2.0], atol=1e-5)
+    assert np.all(edge.theta <= [0.5, 5.0])

@@ -71,6 +71,13 @@ def fit(
         list[str] | None, typer.Option(help="parameter to personalise (repeat; default: the template's)")
     ] = None,
     starts: Annotated[int, typer.Option(help="MAP: number of starts")] = 10,
+    optimizer: Annotated[
+        str,
+        typer.Option(
+            help="MAP: each start's local optimiser, L-BFGS-B (line search) or fides (trust region:"
+            " backs off from parameters where the model cannot be solved)"
+        ),
+    ] = "L-BFGS-B",
     chains: Annotated[int, typer.Option(help="NUTS: chains")] = 4,
     draws: Annotated[int, typer.Option(help="NUTS / Laplace: draws per chain")] = 1000,
     warmup: Annotated[int, typer.Option(help="NUTS: warm-up iterations per chain")] = 1000,
@@ -122,7 +129,7 @@ def fit(
     from immunetwin.engines.ode import BACKENDS
     from immunetwin.inference import compile_objective
     from immunetwin.inference.chains import CHAIN_METHODS
-    from immunetwin.inference.fit import fit_map
+    from immunetwin.inference.fit import OPTIMIZERS, fit_map
 
     if method not in _METHODS:
         raise InputError(f"--method '{method}': choose one of {', '.join(_METHODS)}")
@@ -132,6 +139,8 @@ def fit(
         raise InputError(f"--chain-method '{chain_method}': choose {', '.join(CHAIN_METHODS)}")
     if backend not in BACKENDS:
         raise InputError(f"--backend '{backend}': choose {' or '.join(BACKENDS)}")
+    if optimizer not in OPTIMIZERS:
+        raise InputError(f"--optimizer '{optimizer}': choose {' or '.join(OPTIMIZERS)}")
     for name, value in (("--starts", starts), ("--chains", chains), ("--draws", draws)):
         if value < 1:
             raise InputError(f"{name} must be at least 1, got {value}")
@@ -145,7 +154,7 @@ def fit(
     key = jax.random.PRNGKey(seed)
     t0 = time.perf_counter()
     with console.status(f"MAP from {starts} starts (the first call compiles the model)..."):
-        result = fit_map(objective, key=key, starts=starts)
+        result = fit_map(objective, key=key, starts=starts, optimizer=optimizer)  # type: ignore[arg-type]
     table = Table(
         title=f"MAP ({result.at_best}/{len(result.starts)} starts at the best value; {result.seconds:.1f} s)"
     )
@@ -162,6 +171,7 @@ def fit(
         "log_likelihood": result.log_likelihood,
         "starts_at_best": result.at_best,
         "starts": len(result.starts),
+        "optimizer": optimizer,
         "tolerances": {"rtol": controls.rtol, "atol": controls.atol},
     }
     posterior = None
