@@ -102,8 +102,8 @@ _METRICS = {
 # (benchmarks/README.md, "Sampling tolerances and metrics")
 PROBLEM_METRICS: tuple[tuple[str, str], ...] = (("viral_tiv", "adapt"),)
 # Boehm_JProteomeRes2014: with the dense metric at target acceptance 0.8, 1-6 divergent transitions in
-# 5 of 7 runs of 4 x 1,000 draws (any divergence fails the convergence check); at 0.9 none in 3, at
-# 58.4-66.1 s (benchmarks/README.md, "Chains sharing one compiled program"; BENCHMARKS.md)
+# 5 of 7 runs of 4 x 1,000 draws (any divergence fails the convergence check); at 0.9 none in 4, at
+# 49.1-66.1 s (benchmarks/README.md, "Chains sharing one compiled program"; BENCHMARKS.md)
 PROBLEM_TARGET_ACCEPT: tuple[tuple[str, float], ...] = (("Boehm_JProteomeRes2014", 0.9),)
 TOLERANCE_DRAWS = 200  # posterior draws at which the sampling tolerances are checked against the MAP's
 LEAPFROG = 10  # leapfrog steps per NUTS iteration assumed by the skip rule (viral_tiv, ke01: 15-59 measured)
