@@ -47,6 +47,14 @@ NUTS is not started when ``seconds per value+grad x chains x (warm-up + draws) x
 steps per iteration; 15-59 were measured on viral_tiv) exceeds ``--max-seconds``. The table says
 which.
 
+Then (``--metropolis``, default on) ``sample_posterior(sampler="metropolis")``: adaptive random-walk
+Metropolis on the parameter scales, ``--metropolis-chains`` (default 16) chains x
+``--metropolis-draws`` (4,000) after ``--metropolis-warmup`` (1,000), the chains started as pyPESTO's
+(the MAP jittered the same way, drawn for 16 chains), run with ``--chain-method`` (``parallel``: one
+batch of chains per core, each batch's solves one native call), in a child process as NUTS is. It
+is a row of its own in the table, judged by the same convergence rule, and its ESS per second is
+compared with pyPESTO's as NUTS's is.
+
 pyPESTO 0.7 without AMICI: ``PetabImporter(petab_problem, simulator_type="roadrunner")`` (CVODE at
 immunetwin's calibration tolerances, rtol 1e-8, atol 1e-10, for the MAP), ``optimize.minimize`` with
 ``ScipyOptimizer("L-BFGS-B")`` and the same options and the *same start points* (``x_guesses``);
@@ -265,6 +273,37 @@ def target_accept_of(name: str, a: argparse.Namespace) -> float:
     return dict(a.problem_target_accept).get(name, a.target_accept)
 
 
+def child_spec(
+    yaml_path: Path, a: argparse.Namespace, cache: Path, sampler: str, **own: Any
+) -> dict[str, Any]:
+    """What the ``--_nuts`` child runs: the settings both samplers share, and ``own``."""
+    return {"yaml": str(yaml_path), "seed": a.seed + 1, "cache": str(cache), "out": str(cache.parent / f"{sampler}.json"),
+            "backend": a.backend, "chain_method": a.chain_method, "rtol": a.posterior_rtol, "atol": a.posterior_atol,
+            "sampler": sampler} | own  # fmt: skip
+
+
+def run_child(
+    spec: dict[str, Any], spec_path: Path, what: str, r: dict[str, Any], a: argparse.Namespace
+) -> bool:
+    """Run the sampler ``spec`` describes in a child process killed after ``--max-seconds``; its
+    figures go into ``r`` (with the ESS per second), or the reason it gave none into
+    ``r["posterior_note"]``. Returns whether it finished."""
+    spec_path.write_text(json.dumps(spec))
+    try:
+        subprocess.run(
+            [sys.executable, __file__, "--_nuts", str(spec_path)], check=True, timeout=a.max_seconds
+        )
+    except subprocess.TimeoutExpired:
+        r["posterior_note"] = f"{what} did not finish within --max-seconds {a.max_seconds:g} (killed)"
+        return False
+    except subprocess.CalledProcessError as err:
+        r["posterior_note"] = f"{what} failed (exit status {err.returncode}; its error is printed above)"
+        return False
+    r |= json.loads(Path(spec["out"]).read_text())
+    r["ess_per_s"] = r["ess_bulk_min"] / r["posterior_s"]
+    return True
+
+
 def immunetwin_posterior(
     name: str, r: dict[str, Any], yaml_path: Path, a: argparse.Namespace, cache: Path
 ) -> None:
@@ -284,32 +323,45 @@ def immunetwin_posterior(
     inits = (
         r["theta"] if metric.startswith("laplace") else r["chain_starts"]
     )  # laplace: starts around the MAP
-    spec = {"yaml": str(yaml_path), "inits": inits, "seed": a.seed + 1, "chains": a.chains, "metric": metric,
-            "draws": a.draws, "warmup": a.warmup, "cache": str(cache), "out": str(cache.parent / "nuts.json"),
-            "backend": a.backend, "chain_method": a.chain_method, "rtol": a.posterior_rtol,
-            "atol": a.posterior_atol, "target_accept": target_accept}  # fmt: skip
-    spec_path = cache.parent / "nuts-spec.json"
-    spec_path.write_text(json.dumps(spec))
-    try:
-        subprocess.run(
-            [sys.executable, __file__, "--_nuts", str(spec_path)], check=True, timeout=a.max_seconds
-        )
-    except subprocess.TimeoutExpired:
-        r["posterior_note"] = f"NUTS did not finish within --max-seconds {a.max_seconds:g} (killed)"
+    spec = child_spec(yaml_path, a, cache, "nuts", inits=inits, chains=a.chains, metric=metric, draws=a.draws,
+                      warmup=a.warmup, target_accept=target_accept)  # fmt: skip
+    if not run_child(spec, cache.parent / "nuts-spec.json", "NUTS", r, a):
         return
-    except subprocess.CalledProcessError as err:
-        r["posterior_note"] = f"NUTS failed (exit status {err.returncode}; its error is printed above)"
-        return
-    r |= json.loads(Path(spec["out"]).read_text())
-    r["ess_per_s"] = r["ess_bulk_min"] / r["posterior_s"]
     r["posterior_note"] = (
         f"NUTS {a.chains} x {a.draws} after {a.warmup} warm-up ({_METRICS[metric]}; target acceptance "
         f"{target_accept:g}; chain_method "
-        f"'{r['chain_method']}', {_workers_text(r)}); wall {r['posterior_s']:.1f} s includes "
-        f"{r['posterior_compile_s']:.1f} s compile; {r['leapfrog_mean']:.1f} leapfrog steps per iteration on "
-        f"average; max R-hat {r['rhat_max']:.3f}, min ESS bulk/tail {r['ess_bulk_min']:.0f}/"
-        f"{r['ess_tail_min']:.0f}, {r['divergences']} divergences; {_tolerance_note(r, a)}"
+        f"'{r['chain_method']}', {_workers_text(r)}); {_wall_text(r)}; {r['leapfrog_mean']:.1f} leapfrog steps"
+        f" per iteration on average; {_diagnostics_text(r)}, {r['divergences']} divergences; {_tolerance_note(r, a)}"
     )
+
+
+def immunetwin_metropolis(
+    name: str, it: dict[str, Any], yaml_path: Path, a: argparse.Namespace, cache: Path
+) -> None:
+    """``sample_posterior(sampler="metropolis")`` in a child process, as NUTS runs; its figures go to
+    ``it["metropolis"]``."""
+    r = it["metropolis"] = {"tool": f"immunetwin Metropolis ({a.backend})"}
+    starts = chain_starts(
+        np.asarray(it["theta"]), np.asarray(it["lower"]), np.asarray(it["upper"]), a.metropolis_chains, a.seed
+    )
+    spec = child_spec(yaml_path, a, cache, "metropolis", inits=starts.tolist(), chains=a.metropolis_chains,
+                      metric="adapt", draws=a.metropolis_draws, warmup=a.metropolis_warmup)  # fmt: skip
+    if not run_child(spec, cache.parent / "metropolis-spec.json", "Metropolis", r, a):
+        return
+    r["posterior_note"] = (
+        f"adaptive random-walk Metropolis {a.metropolis_chains} x {a.metropolis_draws} after "
+        f"{a.metropolis_warmup} warm-up (starts as pyPESTO's, drawn the same way for {a.metropolis_chains} chains; "
+        f"chain_method '{r['chain_method']}', {r['threads']} thread(s), each running its chains as one batch); "
+        f"{_wall_text(r)}; acceptance rate {r['accept_mean']:.3f}; {_diagnostics_text(r)}; {_tolerance_note(r, a)}"
+    )
+
+
+def _wall_text(r: dict[str, Any]) -> str:
+    return f"wall {r['posterior_s']:.1f} s includes {r['posterior_compile_s']:.1f} s compile"
+
+
+def _diagnostics_text(r: dict[str, Any]) -> str:
+    return f"max R-hat {r['rhat_max']:.3f}, min ESS bulk/tail {r['ess_bulk_min']:.0f}/{r['ess_tail_min']:.0f}"
 
 
 def _workers_text(r: dict[str, Any]) -> str:
@@ -371,14 +423,18 @@ def nuts_child(spec_path: Path) -> None:
     objective = compile_objective(
         problem, backend=spec["backend"], controls=Controls(spec["rtol"], spec["atol"])
     )
+    sampler = spec.get("sampler", "nuts")
+    options = (
+        {"metric": "adapt" if spec["metric"] == "dense" else spec["metric"], "dense_mass": spec["metric"] != "adapt",
+         "target_accept": spec.get("target_accept", 0.8)}
+        if sampler == "nuts" else {}
+    )  # fmt: skip
     with timed(clock, r, "posterior"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         post = sample_posterior(
-            objective, key=jax.random.PRNGKey(spec["seed"]), chains=spec["chains"], draws=spec["draws"],
-            warmup=spec["warmup"], init=np.asarray(spec["inits"]),
-            metric="adapt" if spec["metric"] == "dense" else spec["metric"],
-            dense_mass=spec["metric"] != "adapt", chain_method=method,
-            target_accept=spec.get("target_accept", 0.8),
+            objective, key=jax.random.PRNGKey(spec["seed"]), sampler=sampler, chains=spec["chains"],
+            draws=spec["draws"], warmup=spec["warmup"], init=np.asarray(spec["inits"]), chain_method=method,
+            **options,
         )  # fmt: skip
     draws = post.idata.posterior["theta"].values
     r |= diagnostics(draws)
@@ -386,9 +442,13 @@ def nuts_child(spec_path: Path) -> None:
     r["tolerance_max_diff"] = tolerance_diff(
         lambda x: _batched(objective, x), lambda x: _batched(tight, x), _spread(draws)
     )
+    stats = post.idata.sample_stats
     r |= {"converged": post.converged, "divergences": post.divergences, "posterior_warnings": list(post.warnings),
-          "leapfrog_mean": float(post.idata.sample_stats["n_steps"].mean()),
           "chain_method": method, "threads": min(spec["chains"], available_cores()) if method == "parallel" else 1}  # fmt: skip
+    if sampler == "nuts":
+        r["leapfrog_mean"] = float(stats["n_steps"].mean())
+    else:
+        r["accept_mean"] = float(stats["acceptance_rate"].mean())
     Path(spec["out"]).write_text(json.dumps(r, default=float))
 
 
@@ -610,6 +670,10 @@ def bench_problem(
         log(f"== {name}: immunetwin NUTS")
         immunetwin_posterior(name, it, yaml_path, a, cache)
         log(f"   {it['posterior_note']}")
+        if a.metropolis:
+            log(f"== {name}: immunetwin Metropolis")
+            immunetwin_metropolis(name, it, yaml_path, a, cache)
+            log(f"   {it['metropolis']['posterior_note']}")
         if pp is not None:
             pp["chain_starts"] = it["chain_starts"]
             log(f"== {name}: pyPESTO AdaptiveMetropolis")
@@ -668,6 +732,14 @@ def table(p: dict[str, Any]) -> list[str]:
     for r in (it, pp):
         if r is None:
             continue
+        if r is pp and "metropolis" in it:  # the MAP columns are immunetwin's row's
+            m = it["metropolis"]
+            ess_x = _ratio(m.get("ess_per_s"), pp.get("ess_per_s")) if pp else None
+            conv = {True: "yes", False: "no", None: "-"}[m.get("converged")]
+            rows.append(
+                f"| {m['tool']} | - | - | - | - | {_f(m.get('posterior_s'), '.1f')} | {_f(m.get('ess_per_s'), '.2f')} | "
+                f"{conv} | - | {_x(ess_x)} |"
+            )
         map_x = _ratio(pp["map_s"], r["map_s"]) if pp else None
         ess_x = _ratio(r.get("ess_per_s"), pp.get("ess_per_s")) if pp else None
         conv = {True: "yes", False: "no", None: "-"}[r.get("converged")]
@@ -721,6 +793,8 @@ def problem_markdown(p: dict[str, Any]) -> list[str]:
             " RoadRunner objective and ends that start)."
         )
     lines.append(f"- Posterior, immunetwin: {it.get('posterior_note', 'not run (--no-posterior)')}.")
+    if "metropolis" in it:
+        lines.append(f"- Posterior, immunetwin Metropolis: {it['metropolis'].get('posterior_note')}.")
     if pp is not None:
         lines.append(f"- Posterior, pyPESTO: {pp.get('posterior_note', 'not run')}.")
     return [*lines, ""]
@@ -733,9 +807,11 @@ def targets(res: dict[str, Any]) -> list[str]:
         out.append(
             f"- {n}: MAP <= {TARGET_MAP_S:g} s: {it['map_s']:.2f} s -> {_met(it['map_s'] <= TARGET_MAP_S)}"
         )
-        post = it.get("posterior_s") if it.get("converged") else None
-        what = f"{post:.1f} s" if post else ("not converged" if "posterior_s" in it else "not run")
-        out.append(f"- {n}: converged posterior <= {TARGET_POSTERIOR_S:g} s: {what} -> {_met(bool(post and post <= TARGET_POSTERIOR_S))}")  # fmt: skip
+        samplers = [("NUTS", it)] + ([("Metropolis", it["metropolis"])] if "metropolis" in it else [])
+        for label, r in samplers:
+            post = r.get("posterior_s") if r.get("converged") else None
+            what = f"{post:.1f} s" if post else ("not converged" if "posterior_s" in r else "not run")
+            out.append(f"- {n}: converged posterior <= {TARGET_POSTERIOR_S:g} s ({label}): {what} -> {_met(bool(post and post <= TARGET_POSTERIOR_S))}")  # fmt: skip
         if pp is None or not p["agree"]:
             continue
         x = _ratio(pp["map_s"], it["map_s"])
@@ -743,8 +819,10 @@ def targets(res: dict[str, Any]) -> list[str]:
             out.append(f"- {n}: MAP vs pyPESTO: not comparable, {pp['failed_starts']} pyPESTO starts failed")
         else:
             out.append(f"- {n}: MAP >= {TARGET_RATIO:g}x faster than pyPESTO: {_x(x)} -> {_met(bool(x and x >= TARGET_RATIO))}")  # fmt: skip
-        e = _ratio(it.get("ess_per_s"), pp.get("ess_per_s"))
-        out.append(f"- {n}: posterior ESS/s >= {TARGET_RATIO:g}x pyPESTO's: {_x(e)} -> {_met(bool(e and e >= TARGET_RATIO))}")  # fmt: skip
+        for label, r in samplers:
+            e = _ratio(r.get("ess_per_s"), pp.get("ess_per_s")) if r.get("converged") else None
+            why = "" if r.get("converged") or "posterior_s" not in r else " (not converged)"
+            out.append(f"- {n}: posterior ESS/s >= {TARGET_RATIO:g}x pyPESTO's ({label}): {_x(e)}{why} -> {_met(bool(e and e >= TARGET_RATIO))}")  # fmt: skip
     return out
 
 
@@ -788,6 +866,15 @@ def main(argv: list[str] | None = None) -> None:
     add("--warmup", type=int, help="NUTS warm-up per chain (default 1000; --quick 50)")
     add("--pypesto-draws", type=int, help="kept AdaptiveMetropolis draws per chain, after as many adaptation draws (default 2500; --quick 500)")  # fmt: skip
     add("--posterior", action=argparse.BooleanOptionalAction, default=True)
+    add(
+        "--metropolis",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also sample with sample_posterior(sampler='metropolis') (default on)",
+    )
+    add("--metropolis-chains", type=int, help="Metropolis chains (default 16, sample_posterior's; --quick 8)")
+    add("--metropolis-draws", type=int, help="Metropolis draws per chain (default 4000; --quick 200)")
+    add("--metropolis-warmup", type=int, help="Metropolis warm-up per chain (default 1000; --quick 200)")
     add(
         "--chain-method",
         choices=("parallel", "vectorized", "sequential"),
@@ -869,6 +956,12 @@ def main(argv: list[str] | None = None) -> None:
     a.draws = a.draws or (50 if a.quick else 1000)
     a.warmup = a.warmup if a.warmup is not None else (50 if a.quick else 1000)
     a.pypesto_draws = a.pypesto_draws or (500 if a.quick else 2500)
+    a.metropolis_chains = a.metropolis_chains or (8 if a.quick else 16)
+    a.metropolis_draws = a.metropolis_draws or (200 if a.quick else 4000)
+    a.metropolis_warmup = (
+        a.metropolis_warmup if a.metropolis_warmup is not None else (200 if a.quick else 1000)
+    )
+    a.metropolis = a.metropolis and a.posterior
     names = a.names = a.problems.split(",") if a.problems else list(DEFAULT_PROBLEMS)
 
     from immunetwin.runtime import compile_small_loops_whole, enable_compilation_cache
@@ -890,7 +983,7 @@ def main(argv: list[str] | None = None) -> None:
             f"Posterior: both samplers' solves at rtol {a.posterior_rtol:g} / atol {a.posterior_atol:g}, checked against "
             f"the MAP's tolerances at {TOLERANCE_DRAWS} draws; {a.chains} chains around immunetwin's MAP; immunetwin NUTS "
             f"{a.draws} draws after {a.warmup} warm-up ({_metrics_text(a)}; {_target_accept_text(a)}); pyPESTO AdaptiveMetropolis {a.pypesto_draws} kept after "
-            f"{a.pypesto_draws} adaptation; ESS/s = smallest bulk ESS / posterior wall. Ratios: pyPESTO time / "
+            f"{a.pypesto_draws} adaptation; {_metropolis_text(a)}ESS/s = smallest bulk ESS / posterior wall. Ratios: pyPESTO time / "
             "immunetwin time (above 1: immunetwin faster). Figures from a shared machine are noisy."
         ),
         "problems": [],
@@ -901,6 +994,15 @@ def main(argv: list[str] | None = None) -> None:
         if a.json:
             a.json.write_text(json.dumps(res, indent=1, default=float), encoding="utf-8")
     _emit(res, a)
+
+
+def _metropolis_text(a: argparse.Namespace) -> str:
+    if not a.metropolis:
+        return ""
+    return (
+        f"immunetwin Metropolis {a.metropolis_chains} chains x {a.metropolis_draws} draws after "
+        f"{a.metropolis_warmup} warm-up, starts drawn as pyPESTO's; "
+    )
 
 
 def _metrics_text(a: argparse.Namespace) -> str:

@@ -77,6 +77,24 @@ def test_fit_nuts_with_the_dense_metric_at_looser_tolerances(tmp_path):
     assert (out / "posterior.nc").is_file()
 
 
+def test_fit_metropolis_writes_its_posterior(tmp_path):
+    data = _ke01_csv(tmp_path)
+    out = tmp_path / "fit"
+    res = _run(
+        "fit", "viral_tiv", "--data", str(data), "--starts", "2", "--method", "metropolis", "--backend", "native",
+        "--chains", "4", "--draws", "50", "--warmup", "100", "--chain-method", "parallel", "--out", str(out),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    result = json.loads((out / "map.json").read_text())
+    assert result["metropolis"]["converged"] is False  # 4 x 50 draws: flagged, not hidden
+    assert set(result["metropolis"]["rhat"]) == {"beta", "delta", "p", "c", "V0"}
+    import arviz as az
+
+    idata = az.from_netcdf(out / "posterior.nc")
+    assert idata.posterior["theta"].shape == (4, 50, 5)
+    assert set(idata.sample_stats.data_vars) == {"lp", "acceptance_rate"}
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -86,6 +104,11 @@ def test_fit_nuts_with_the_dense_metric_at_looser_tolerances(tmp_path):
         (("fit", "viral_tiv", "--data", "x.csv", "--method", "mcmc"), "--method 'mcmc'"),
         (("fit", "viral_tiv", "--data", "x.csv", "--method", "nuts", "--metric", "unit"), "--metric 'unit'"),
         (("fit", "viral_tiv", "--data", "x.csv", "--chain-method", "pmap"), "--chain-method 'pmap'"),
+        (
+            ("fit", "viral_tiv", "--data", "x.csv", "--method", "metropolis", "--metric", "laplace"),
+            "--metric 'laplace' is for NUTS",
+        ),
+        (("fit", "viral_tiv", "--data", "x.csv", "--chains", "0"), "--chains must be at least 1, got 0"),
         (("fit", "viral_tiv", "--data", "x.csv", "--backend", "gpu"), "--backend 'gpu'"),
         (("fit", "viral_tiv", "--data", "x.csv", "--optimizer", "newton"), "--optimizer 'newton'"),
         (("fit", "viral_tiv", "--data", "x.csv", "--rtol", "0"), "--rtol must be between 0 and 1, got 0.0"),

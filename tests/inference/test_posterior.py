@@ -321,3 +321,75 @@ def test_native_nuts_matches_the_analytic_posterior(native_objective, exact) -> 
     )
     _assert_matches(fit, mean, cov)
     assert fit.converged and fit.divergences == 0
+
+
+# -- random-walk Metropolis: many chains in lockstep, on theta ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def metropolis_fit(objective):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = sample_posterior(
+            objective, key=jax.random.PRNGKey(0), sampler="metropolis", chain_method="parallel"
+        )
+    return fit, [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+
+
+def test_metropolis_matches_the_analytic_posterior(metropolis_fit, exact) -> None:
+    fit, caught = metropolis_fit
+    _assert_matches(fit, *exact)
+    corr = np.corrcoef(fit.theta_draws.T)[0, 1]
+    cov = exact[1]
+    assert corr == pytest.approx(cov[0, 1] / np.sqrt(cov[0, 0] * cov[1, 1]), abs=0.05)
+    # the defaults: 16 chains x 4,000 draws
+    assert fit.idata.posterior["theta"].shape == (16, 4000, 2)
+    assert fit.converged and fit.divergences == 0 and caught == []
+    rate = fit.idata.sample_stats["acceptance_rate"].values.mean()
+    assert 0.2 < rate < 0.3  # adapted to 0.234 (Roberts, Gelman & Gilks 1997)
+
+
+def test_metropolis_has_the_layout_of_nuts(metropolis_fit, nuts, objective) -> None:
+    fit = metropolis_fit[0]
+    for group in ("posterior", "log_likelihood", "observed_data"):
+        assert set(fit.idata[group].data_vars) == set(nuts[0].idata[group].data_vars)
+    assert set(fit.idata.sample_stats.data_vars) == {"lp", "acceptance_rate"}
+    # the pointwise log-likelihood kept from the sampler's own solves sums to the objective's
+    rows = fit.idata.log_likelihood["y"].values
+    with jax.enable_x64(True):
+        ll = jax.jit(objective.log_likelihood)
+        lp = jax.jit(objective.log_posterior)
+        for c, d in [(0, 0), (7, 1234), (15, 3999)]:
+            theta = jnp.asarray(fit.idata.posterior["theta"].values[c, d])
+            assert rows[c, d].sum() == pytest.approx(float(ll(theta)), rel=1e-10)
+            assert fit.idata.sample_stats["lp"].values[c, d] == pytest.approx(float(lp(theta)), rel=1e-10)
+
+
+@pytest.mark.filterwarnings("ignore:posterior sampling did not converge")  # 5 x 100 draws
+def test_metropolis_draws_do_not_depend_on_the_chain_method(objective) -> None:
+    runs = [
+        sample_posterior(
+            objective, key=jax.random.PRNGKey(4), sampler="metropolis", chains=5, draws=100, warmup=200,
+            chain_method=method,
+        ).idata.posterior["theta"].values
+        for method in ("vectorized", "parallel", "sequential")
+    ]  # fmt: skip
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-12)
+    np.testing.assert_allclose(runs[2], runs[0], rtol=1e-12)
+
+
+def test_metropolis_refusals(objective) -> None:
+    with pytest.raises(InputError, match="sampler must be one of 'nuts', 'metropolis', got 'hmc'"):
+        sample_posterior(objective, key=jax.random.PRNGKey(0), sampler="hmc")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="metric 'laplace' is for NUTS"):
+        sample_posterior(objective, key=jax.random.PRNGKey(0), sampler="metropolis", metric="laplace")
+    with pytest.raises(InputError, match="'k'"):
+        sample_posterior(
+            objective, key=jax.random.PRNGKey(0), sampler="metropolis", init=np.array([2.0, 7.0])
+        )
+
+
+def test_native_metropolis_matches_the_analytic_posterior(native_objective, exact) -> None:
+    fit = sample_posterior(native_objective, key=jax.random.PRNGKey(0), sampler="metropolis")
+    _assert_matches(fit, *exact)
+    assert fit.converged

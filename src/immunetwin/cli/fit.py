@@ -17,7 +17,7 @@ from immunetwin.errors import InputError
 
 __all__ = ["fit"]
 
-_METHODS = ("map", "laplace", "nuts")
+_METHODS = ("map", "laplace", "nuts", "metropolis")
 
 
 def _problem(source: str, data: Path | None, estimate: list[str] | None):
@@ -61,7 +61,11 @@ def _controls(rtol: float | None, atol: float | None) -> Any:
 def fit(
     problem: Annotated[str, typer.Argument(help="PEtab problem YAML, or a template name (then give --data)")],
     method: Annotated[
-        str, typer.Option(help="map (multi-start optimisation), laplace (Gaussian at the MAP) or nuts")
+        str,
+        typer.Option(
+            help="map (multi-start optimisation), laplace (Gaussian at the MAP), nuts, or metropolis"
+            " (adaptive random walk, many chains batched: no gradients; fast for a few parameters)"
+        ),
     ] = "map",
     data: Annotated[
         Path | None,
@@ -78,9 +82,12 @@ def fit(
             " backs off from parameters where the model cannot be solved)"
         ),
     ] = "L-BFGS-B",
-    chains: Annotated[int, typer.Option(help="NUTS: chains")] = 4,
-    draws: Annotated[int, typer.Option(help="NUTS / Laplace: draws per chain")] = 1000,
-    warmup: Annotated[int, typer.Option(help="NUTS: warm-up iterations per chain")] = 1000,
+    chains: Annotated[int | None, typer.Option(help="NUTS / Metropolis: chains (default 4 / 32)")] = None,
+    draws: Annotated[
+        int | None,
+        typer.Option(help="NUTS / Metropolis / Laplace: draws per chain (default 1000 / 2000 / 1000)"),
+    ] = None,
+    warmup: Annotated[int, typer.Option(help="NUTS / Metropolis: warm-up iterations per chain")] = 1000,
     metric: Annotated[
         str,
         typer.Option(
@@ -95,7 +102,8 @@ def fit(
         typer.Option(
             help="NUTS: vectorized (chains in lockstep in one program), sequential, or parallel (each"
             " chain one program, compiled once, the chains run by one thread per core; its draws do not"
-            " depend on the core count)"
+            " depend on the core count). Metropolis: all chains in one batch, one at a time, or one"
+            " batch per core"
         ),
     ] = "vectorized",
     seed: Annotated[int, typer.Option(help="random seed (starts, draws)")] = 0,
@@ -119,10 +127,12 @@ def fit(
         Path | None, typer.Option(help="folder for results: map.json, and posterior.nc for laplace/nuts")
     ] = None,
 ) -> None:
-    """Fit a model to data: the MAP estimate (multi-start), a Laplace approximation or a NUTS posterior.
+    """Fit a model to data: the MAP estimate (multi-start), a Laplace approximation, or a posterior
+    by NUTS or random-walk Metropolis.
 
     Examples:  immunetwin fit problem.yaml --method map --starts 20
                immunetwin fit viral_tiv --data patient.csv --method nuts --out fit/
+               immunetwin fit viral_tiv --data patient.csv --method metropolis --chain-method parallel
     """
     import jax
 
@@ -141,8 +151,10 @@ def fit(
         raise InputError(f"--backend '{backend}': choose {' or '.join(BACKENDS)}")
     if optimizer not in OPTIMIZERS:
         raise InputError(f"--optimizer '{optimizer}': choose {' or '.join(OPTIMIZERS)}")
+    if method == "metropolis" and metric.startswith("laplace"):
+        raise InputError(f"--metric '{metric}' is for NUTS: Metropolis learns its proposal in warm-up")
     for name, value in (("--starts", starts), ("--chains", chains), ("--draws", draws)):
-        if value < 1:
+        if value is not None and value < 1:
             raise InputError(f"{name} must be at least 1, got {value}")
     controls = _controls(rtol, atol)
     console = Console(highlight=False)
@@ -182,19 +194,19 @@ def fit(
         with console.status(f"{method}..."), warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # printed below, once
             if method == "laplace":
-                posterior = laplace(objective, result.theta, key=key_post, draws=draws)
+                posterior = laplace(objective, result.theta, key=key_post, draws=draws or 1000)
             else:
                 posterior = sample_posterior(
-                    objective, key=key_post, chains=chains, draws=draws, warmup=warmup, init=result.theta,
-                    metric="adapt" if metric == "dense" else metric, dense_mass=metric != "adapt",
-                    chain_method=chain_method,
+                    objective, key=key_post, sampler=method, chains=chains, draws=draws, warmup=warmup,
+                    init=result.theta, metric="adapt" if metric == "dense" else metric,
+                    dense_mass=metric != "adapt", chain_method=chain_method,
                 )  # fmt: skip
         console.print(posterior.summary().to_string(), markup=False)
         for message in posterior.warnings:
             console.print("warning: " + message, style="bold yellow", markup=False)
         summary[method] = {"warnings": list(posterior.warnings)}
-        if method == "nuts":
-            summary["nuts"] |= {
+        if method in ("nuts", "metropolis"):
+            summary[method] |= {
                 "converged": posterior.converged,
                 "rhat": posterior.rhat,
                 "ess_bulk": posterior.ess_bulk,
