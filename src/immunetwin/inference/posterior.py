@@ -1,4 +1,5 @@
-"""Bayesian posteriors of a calibration problem: NUTS draws (NumPyro) and a Laplace approximation.
+"""Bayesian posteriors of a calibration problem: NUTS draws (NumPyro), random-walk Metropolis draws
+and a Laplace approximation.
 
 ``sample_posterior`` draws from ``p(theta | y) ∝ p(y | theta) p(theta)`` with the No-U-Turn sampler
 (Hoffman & Gelman 2014, JMLR 15:1593; NumPyro's implementation, Phan et al. 2019, arXiv:1912.11554).
@@ -14,6 +15,11 @@ with ``l, h`` the problem's bounds and ``σ`` the logistic function. Gradients a
 forward sensitivities (:meth:`~immunetwin.inference.likelihood.Objective.differentiable`: ``jax.jacfwd``
 through the XLA engine, or the native backend's sensitivity equations).
 
+``sample_posterior(sampler="metropolis")`` draws from the same posterior, on ``theta`` itself (the
+bounds rejected), with adaptive random-walk Metropolis: many chains in lockstep, one batched solve per
+iteration, the proposal learnt across chains in warm-up and then fixed
+(:mod:`immunetwin.inference.metropolis`).
+
 Convergence is judged as Vehtari et al. (2021, Bayesian Analysis 16:667, Section 4) recommend: the
 rank-normalised split R-hat of every parameter at most 1.01, bulk and tail effective sample sizes of
 at least 400, and no divergent transitions after warm-up. A run that misses any of these is returned
@@ -25,7 +31,8 @@ Hessian by forward-over-forward differentiation (on the native backend: central 
 sensitivity gradients). Both return an ArviZ ``InferenceData`` of the same
 layout: ``posterior`` (``theta`` on the parameter scales and ``value`` linear, dims ``chain, draw,
 parameter``), ``log_likelihood`` (``y``: the log density of each measurement row, so ``az.loo``
-works) and ``observed_data``; NUTS adds ``sample_stats`` (``diverging``, ``lp``, ``energy``, ...).
+works) and ``observed_data``; NUTS adds ``sample_stats`` (``diverging``, ``lp``, ``energy``, ...),
+Metropolis ``lp`` (the log posterior of ``theta``) and ``acceptance_rate``.
 """
 
 from __future__ import annotations
@@ -104,12 +111,12 @@ class _Draws:
 
 @dataclass(frozen=True, eq=False)
 class PosteriorFit(_Draws):
-    """NUTS draws and their diagnostics.
+    """Posterior draws (NUTS or Metropolis) and their diagnostics.
 
     Attributes:
         idata: the draws (see the module docstring for the groups).
         rhat, ess_bulk, ess_tail: rank-normalised split R-hat and bulk/tail ESS of ``theta`` by id.
-        divergences: divergent transitions after warm-up.
+        divergences: divergent transitions after warm-up (NUTS; always 0 for Metropolis).
         converged: every R-hat <= 1.01, every bulk and tail ESS >= 400, no divergences.
         warnings: plain-language reasons why the run is not converged (empty when it is).
     """
@@ -403,16 +410,16 @@ def sample_posterior(
             Metropolis on ``theta``, many chains in lockstep whose solves go out as one batched call
             (:mod:`immunetwin.inference.metropolis`). No gradients, one solve per chain and iteration:
             for posteriors of a few parameters it converges sooner (``viral_tiv`` and
-            ``viral_immune`` on one patient, native backend, 16 x 4,000 draws: 2.9 and 5.5 s on two
-            cores, against 22.6 and 37.2 s for NUTS; ``benchmarks/README.md``); for many correlated
+            ``viral_immune`` on one patient, native backend, 16 x 4,000 draws: 2.9 and 4.8 s on two
+            cores, against 23.0 and 37.9 s for NUTS; BENCHMARKS.md); for many correlated
             parameters use NUTS (``Boehm_JProteomeRes2014``, 9 parameters, did not converge with it).
         chains, draws, warmup: number of chains, kept draws per chain and warm-up iterations
             (adaptation) per chain. ``chains`` and ``draws`` default to 4 and 1,000 for NUTS, 16 and
             4,000 for Metropolis: its draws are more autocorrelated, and R-hat <= 1.01 needs each
             chain long enough (an ESS of a few hundred per chain), however many chains there are
-            (Margossian et al., "Nested R-hat", arXiv:2110.13017); ``32 x 2,000`` reached R-hat 1.008-1.010 on
-            the posteriors above, ``16 x 4,000`` 1.006-1.007. Memory grows with ``chains x draws``
-            (the pointwise log-likelihood of every draw is kept).
+            (Margossian et al., "Nested R-hat", arXiv:2110.13017); ``32 x 2,000`` reached R-hat
+            1.008-1.010 on the posteriors above, ``16 x 4,000`` 1.006-1.007. Memory grows with
+            ``chains x draws`` (the pointwise log-likelihood of every draw is kept).
         init: starting ``theta`` on the parameter scales (e.g. ``MapFit.theta``) or linear values by
             id, jittered per chain by ``U(-init_jitter, init_jitter)`` in the unconstrained ``u``; an
             array ``(chains, dim)`` gives each chain's start as it is. ``None``: the nominal point.
