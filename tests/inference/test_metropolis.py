@@ -135,6 +135,17 @@ def test_draws_do_not_depend_on_the_grouping() -> None:
     assert three.scale == pytest.approx(one.scale, rel=1e-12)
 
 
+def test_a_typed_key_gives_the_draws_of_its_raw_key() -> None:
+    mean, cov = _target(2)
+    density, init = _gaussian(mean, cov), _starts(mean, cov, 3)
+    with jax.enable_x64(True):
+        raw, typed = (
+            metropolis(density, key=k, init=init, warmup=50, draws=20, initial_sd=np.ones(2))
+            for k in (jax.random.PRNGKey(5), jax.random.key(5))
+        )
+    np.testing.assert_array_equal(typed.x, raw.x)
+
+
 def test_the_walk_stays_in_the_support() -> None:
     def box(x):
         inside = jnp.all((x >= 0.0) & (x <= 1.0))

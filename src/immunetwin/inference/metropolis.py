@@ -246,7 +246,10 @@ def metropolis(
     real = [min(size, chains - a) for a in starts]
     threads = min(len(rows), workers or len(rows))
     x64 = bool(jax.config.jax_enable_x64)
-    chain_keys = np.asarray(jax.random.split(key, chains))
+    chain_keys = jax.random.split(key, chains)
+    if jax.dtypes.issubdtype(chain_keys.dtype, jax.dtypes.prng_key):  # a typed key (jax.random.key)
+        chain_keys = jax.random.key_data(chain_keys)
+    chain_keys = np.asarray(chain_keys)
     aux_shape = tuple(jax.eval_shape(log_density, jax.ShapeDtypeStruct((dim,), init.dtype))[1].shape)
     example = (
         init[rows[0]],
