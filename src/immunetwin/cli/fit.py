@@ -82,10 +82,10 @@ def fit(
             " backs off from parameters where the model cannot be solved)"
         ),
     ] = "L-BFGS-B",
-    chains: Annotated[int | None, typer.Option(help="NUTS / Metropolis: chains (default 4 / 32)")] = None,
+    chains: Annotated[int | None, typer.Option(help="NUTS / Metropolis: chains (default 4 / 16)")] = None,
     draws: Annotated[
         int | None,
-        typer.Option(help="NUTS / Metropolis / Laplace: draws per chain (default 1000 / 2000 / 1000)"),
+        typer.Option(help="NUTS / Metropolis / Laplace: draws per chain (default 1000 / 4000 / 1000)"),
     ] = None,
     warmup: Annotated[int, typer.Option(help="NUTS / Metropolis: warm-up iterations per chain")] = 1000,
     metric: Annotated[
@@ -124,7 +124,8 @@ def fit(
         ),
     ] = "xla",
     out: Annotated[
-        Path | None, typer.Option(help="folder for results: map.json, and posterior.nc for laplace/nuts")
+        Path | None,
+        typer.Option(help="folder for results: map.json, and posterior.nc for laplace/nuts/metropolis"),
     ] = None,
 ) -> None:
     """Fit a model to data: the MAP estimate (multi-start), a Laplace approximation, or a posterior
